@@ -1,0 +1,114 @@
+// Package backend is the Vault logical backend of the API key secrets engine.
+package backend
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// Version and Commit are set at build time with
+// -ldflags "-X github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend.Version=v1.2.3".
+var (
+	Version = "v0.1.0-dev"
+	Commit  = "unknown"
+)
+
+// operationPrefix keeps the generated OpenAPI operation ids in one family
+// (e.g. "apikeys-read-configuration").
+const operationPrefix = "apikeys"
+
+type backend struct {
+	*framework.Backend
+
+	// tenantLocks serialise writes that must see a consistent tenant: issue
+	// (max_keys), tenant update/delete and the cache fills of verify.
+	tenantLocks []*locksutil.LockEntry
+	// hashLocks order a verify cache fill against a revoke or an
+	// Invalidate of the same key, so a fill can never resurrect a key.
+	hashLocks []*locksutil.LockEntry
+
+	cache   *verifyCache
+	limiter *rateLimiter
+
+	pepperMu sync.RWMutex
+	hasher   *hasherState
+}
+
+// Factory is the plugin's backend factory.
+func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
+	b := newBackend()
+	if err := b.Setup(ctx, conf); err != nil {
+		return nil, fmt.Errorf("set up backend: %w", err)
+	}
+	return b, nil
+}
+
+func newBackend() *backend {
+	b := &backend{
+		tenantLocks: locksutil.CreateLocks(),
+		hashLocks:   locksutil.CreateLocks(),
+		cache:       newVerifyCache(),
+		limiter:     newRateLimiter(),
+	}
+	b.Backend = &framework.Backend{
+		Help:        strings.TrimSpace(backendHelp),
+		BackendType: logical.TypeLogical,
+		PathsSpecial: &logical.Paths{
+			SealWrapStorage: []string{
+				configPath,
+				pepperPath,
+			},
+		},
+		Paths: framework.PathAppend(
+			b.pathInfo(),
+			b.pathConfig(),
+			b.pathVerify(),
+			b.pathCreds(),
+			b.pathKeys(),
+			b.pathRoles(),
+			b.pathTenants(),
+		),
+		Secrets: []*framework.Secret{
+			b.secretAPIKey(),
+		},
+		Invalidate:     b.invalidate,
+		Clean:          b.clean,
+		RunningVersion: Version,
+	}
+	return b
+}
+
+// invalidate drops exactly the cached state of the storage entry that changed
+// on another node (standbys and performance replicas).
+func (b *backend) invalidate(ctx context.Context, key string) {
+	switch {
+	case key == pepperPath:
+		b.resetHasher()
+	case strings.HasPrefix(key, tenantPrefix):
+		b.forgetTenant(strings.TrimPrefix(key, tenantPrefix))
+	case strings.HasPrefix(key, hashPrefix):
+		b.forgetKey(strings.TrimPrefix(key, hashPrefix))
+	}
+}
+
+func (b *backend) clean(ctx context.Context) {
+	b.cache.reset()
+	b.limiter.reset()
+	b.resetHasher()
+}
+
+const backendHelp = `
+The API keys secrets engine manages API keys for many tenants.
+
+Tenants own key roles; a role describes the keys issued from it (scopes,
+environment, TTLs, allowed CIDRs, rate limit). Reading
+tenants/<tenant>/creds/<role> issues a key with a Vault lease, so the key dies
+with its lease. API gateways check presented keys through the verify paths.
+Only an HMAC of each key is stored; the key itself is shown once, at issue.
+`

@@ -1,0 +1,135 @@
+package backend
+
+import (
+	"context"
+	"encoding/hex"
+	"sync"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// verifyCache keeps what verify reads, so a warm verify costs no storage
+// round trip. It is exact, not time-based: every local write updates it under
+// the entry's lock and Invalidate drops what other nodes changed.
+type verifyCache struct {
+	mu      sync.RWMutex
+	keys    map[[32]byte]*cachedKey
+	tenants map[string]*tenantEntry
+}
+
+func newVerifyCache() *verifyCache {
+	return &verifyCache{
+		keys:    make(map[[32]byte]*cachedKey),
+		tenants: make(map[string]*tenantEntry),
+	}
+}
+
+func (c *verifyCache) getKey(h [32]byte) *cachedKey {
+	c.mu.RLock()
+	k := c.keys[h]
+	c.mu.RUnlock()
+	return k
+}
+
+func (c *verifyCache) putKey(k *cachedKey) {
+	c.mu.Lock()
+	c.keys[k.hash] = k
+	c.mu.Unlock()
+}
+
+func (c *verifyCache) deleteKey(h [32]byte) {
+	c.mu.Lock()
+	delete(c.keys, h)
+	c.mu.Unlock()
+}
+
+func (c *verifyCache) getTenant(name string) *tenantEntry {
+	c.mu.RLock()
+	t := c.tenants[name]
+	c.mu.RUnlock()
+	return t
+}
+
+func (c *verifyCache) putTenant(t *tenantEntry) {
+	c.mu.Lock()
+	c.tenants[t.Name] = t
+	c.mu.Unlock()
+}
+
+func (c *verifyCache) deleteTenant(name string) {
+	c.mu.Lock()
+	delete(c.tenants, name)
+	c.mu.Unlock()
+}
+
+func (c *verifyCache) reset() {
+	c.mu.Lock()
+	c.keys = make(map[[32]byte]*cachedKey)
+	c.tenants = make(map[string]*tenantEntry)
+	c.mu.Unlock()
+}
+
+// lookupKey returns the key whose HMAC is h, from the cache or else from
+// storage. The fill holds the hash lock, so a concurrent revoke or
+// Invalidate either runs before the read or removes what the fill stored.
+func (b *backend) lookupKey(ctx context.Context, s logical.Storage, h [32]byte) (*cachedKey, error) {
+	if k := b.cache.getKey(h); k != nil {
+		return k, nil
+	}
+	hx := hex.EncodeToString(h[:])
+	lock := b.hashLock(hx)
+	lock.RLock()
+	defer lock.RUnlock()
+	if k := b.cache.getKey(h); k != nil {
+		return k, nil
+	}
+	e, err := readKeyRecord(ctx, s, hx)
+	if err != nil || e == nil {
+		return nil, err
+	}
+	k, err := newCachedKey(e, h)
+	if err != nil {
+		return nil, err
+	}
+	b.cache.putKey(k)
+	return k, nil
+}
+
+// lookupTenant is lookupKey's counterpart for tenant records.
+func (b *backend) lookupTenant(ctx context.Context, s logical.Storage, name string) (*tenantEntry, error) {
+	if t := b.cache.getTenant(name); t != nil {
+		return t, nil
+	}
+	lock := b.tenantLock(name)
+	lock.RLock()
+	defer lock.RUnlock()
+	if t := b.cache.getTenant(name); t != nil {
+		return t, nil
+	}
+	t, err := readTenant(ctx, s, name)
+	if err != nil || t == nil {
+		return nil, err
+	}
+	b.cache.putTenant(t)
+	return t, nil
+}
+
+// forgetKey and forgetTenant serve Invalidate: they take the same locks as a
+// fill so a fill in flight cannot put back what another node just changed.
+func (b *backend) forgetKey(hashHex string) {
+	h, ok := parseHash(hashHex)
+	if !ok {
+		return
+	}
+	lock := b.hashLock(hashHex)
+	lock.Lock()
+	b.cache.deleteKey(h)
+	lock.Unlock()
+}
+
+func (b *backend) forgetTenant(name string) {
+	lock := b.tenantLock(name)
+	lock.Lock()
+	b.cache.deleteTenant(name)
+	lock.Unlock()
+}

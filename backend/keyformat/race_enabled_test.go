@@ -1,0 +1,5 @@
+//go:build race
+
+package keyformat
+
+func init() { raceEnabled = true }

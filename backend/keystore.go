@@ -1,0 +1,268 @@
+package backend
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// Storage layout of keys:
+//
+//	hashes/<hmac-hex>        the key record, found by verify from the key alone
+//	keys/<tenant>/<key_id>   the tenant's index entry, pointing at the record
+//
+// The record is written last and deleted first, so a key that verifies is
+// always listed (and so revocable) under its tenant.
+const (
+	hashPrefix       = "hashes/"
+	keyStoragePrefix = "keys/"
+
+	kindDynamic = "dynamic"
+	kindStatic  = "static"
+)
+
+func keyIndexPrefix(tenant string) string { return keyStoragePrefix + tenant + "/" }
+
+type keyEntry struct {
+	KeyID           string            `json:"key_id"`
+	Tenant          string            `json:"tenant"`
+	Role            string            `json:"role"`
+	Kind            string            `json:"kind"`
+	Name            string            `json:"name"`
+	Hash            string            `json:"hash"`
+	Environment     string            `json:"environment"`
+	Scopes          []string          `json:"scopes"`
+	AllowedCIDRs    []string          `json:"allowed_cidrs"`
+	RateLimit       int               `json:"rate_limit"`
+	RateLimitPeriod time.Duration     `json:"rate_limit_period"`
+	Metadata        map[string]string `json:"metadata"`
+	CreatedAt       time.Time         `json:"created_at"`
+	// ExpiresAt is zero for a key that never expires.
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+type keyPointer struct {
+	Hash string `json:"hash"`
+}
+
+// cachedKey is a key record prepared for verify: parsed once, read-only.
+type cachedKey struct {
+	entry     *keyEntry
+	hash      [32]byte
+	cidrs     []netip.Prefix
+	expiresAt int64 // unix nanoseconds; 0 never
+}
+
+func newCachedKey(e *keyEntry, hash [32]byte) (*cachedKey, error) {
+	k := &cachedKey{entry: e, hash: hash}
+	if !e.ExpiresAt.IsZero() {
+		k.expiresAt = e.ExpiresAt.UnixNano()
+	}
+	for _, c := range e.AllowedCIDRs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("key %q: stored CIDR %q: %w", e.KeyID, c, err)
+		}
+		k.cidrs = append(k.cidrs, p)
+	}
+	return k, nil
+}
+
+func (k *cachedKey) hasScopes(required []string) bool {
+	for _, s := range required {
+		if _, found := slices.BinarySearch(k.entry.Scopes, s); !found {
+			return false
+		}
+	}
+	return true
+}
+
+func (k *cachedKey) allowsIP(ip netip.Addr) bool {
+	if len(k.cidrs) == 0 {
+		return true
+	}
+	if !ip.IsValid() {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, p := range k.cidrs {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func parseHash(s string) ([32]byte, bool) {
+	var h [32]byte
+	if hex.DecodedLen(len(s)) != len(h) {
+		return h, false
+	}
+	if _, err := hex.Decode(h[:], []byte(s)); err != nil {
+		return h, false
+	}
+	return h, true
+}
+
+func (b *backend) tenantLock(tenant string) *locksutil.LockEntry {
+	return locksutil.LockForKey(b.tenantLocks, tenant)
+}
+
+func (b *backend) hashLock(hashHex string) *locksutil.LockEntry {
+	return locksutil.LockForKey(b.hashLocks, hashHex)
+}
+
+func readKeyRecord(ctx context.Context, s logical.Storage, hashHex string) (*keyEntry, error) {
+	entry, err := s.Get(ctx, hashPrefix+hashHex)
+	if err != nil {
+		return nil, fmt.Errorf("read key record: %w", err)
+	}
+	if entry == nil {
+		return nil, nil
+	}
+	k := &keyEntry{}
+	if err := entry.DecodeJSON(k); err != nil {
+		return nil, fmt.Errorf("decode key record: %w", err)
+	}
+	return k, nil
+}
+
+func readKeyPointer(ctx context.Context, s logical.Storage, tenant, id string) (*keyPointer, error) {
+	entry, err := s.Get(ctx, keyIndexPrefix(tenant)+id)
+	if err != nil {
+		return nil, fmt.Errorf("read key %q of tenant %q: %w", id, tenant, err)
+	}
+	if entry == nil {
+		return nil, nil
+	}
+	p := &keyPointer{}
+	if err := entry.DecodeJSON(p); err != nil {
+		return nil, fmt.Errorf("decode key %q of tenant %q: %w", id, tenant, err)
+	}
+	return p, nil
+}
+
+// readTenantKey reads a key's record through its tenant's index, so a
+// tenant path can never reach another tenant's key.
+func readTenantKey(ctx context.Context, s logical.Storage, tenant, id string) (*keyEntry, error) {
+	p, err := readKeyPointer(ctx, s, tenant, id)
+	if err != nil || p == nil {
+		return nil, err
+	}
+	k, err := readKeyRecord(ctx, s, p.Hash)
+	if err != nil || k == nil || k.Tenant != tenant {
+		return nil, err
+	}
+	return k, nil
+}
+
+// storeNewKey writes a new key: index entry first, record second; when the
+// record cannot be written the index entry is removed again, so a failed
+// issue leaves nothing behind.
+func (b *backend) storeNewKey(ctx context.Context, s logical.Storage, e *keyEntry) error {
+	ptr, err := logical.StorageEntryJSON(keyIndexPrefix(e.Tenant)+e.KeyID, keyPointer{Hash: e.Hash})
+	if err != nil {
+		return fmt.Errorf("encode key index: %w", err)
+	}
+	if err := s.Put(ctx, ptr); err != nil {
+		return fmt.Errorf("write key index: %w", err)
+	}
+	if err := b.putKeyRecord(ctx, s, e); err != nil {
+		if derr := s.Delete(ctx, ptr.Key); derr != nil {
+			b.Logger().Error("could not remove the index entry of a key that failed to issue",
+				"tenant", e.Tenant, "key_id", e.KeyID, "error", derr)
+		}
+		return err
+	}
+	return nil
+}
+
+// putKeyRecord writes a new key record and caches it under the key's hash
+// lock, so verify sees the key on its very next call.
+func (b *backend) putKeyRecord(ctx context.Context, s logical.Storage, e *keyEntry) error {
+	lock := b.hashLock(e.Hash)
+	lock.Lock()
+	defer lock.Unlock()
+	return b.putKeyRecordLocked(ctx, s, e)
+}
+
+// updateKeyRecord changes an existing record under its hash lock, so a
+// concurrent revoke can never be undone by the write. It returns nil when
+// the key is gone.
+func (b *backend) updateKeyRecord(ctx context.Context, s logical.Storage, hashHex string, change func(*keyEntry)) (*keyEntry, error) {
+	lock := b.hashLock(hashHex)
+	lock.Lock()
+	defer lock.Unlock()
+	e, err := readKeyRecord(ctx, s, hashHex)
+	if err != nil || e == nil {
+		return nil, err
+	}
+	change(e)
+	if err := b.putKeyRecordLocked(ctx, s, e); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+func (b *backend) putKeyRecordLocked(ctx context.Context, s logical.Storage, e *keyEntry) error {
+	hash, ok := parseHash(e.Hash)
+	if !ok {
+		return fmt.Errorf("key %q has a malformed hash", e.KeyID)
+	}
+	ck, err := newCachedKey(e, hash)
+	if err != nil {
+		return err
+	}
+	entry, err := logical.StorageEntryJSON(hashPrefix+e.Hash, e)
+	if err != nil {
+		return fmt.Errorf("encode key record: %w", err)
+	}
+	if err := s.Put(ctx, entry); err != nil {
+		// The write may or may not have landed: let verify read the truth.
+		b.cache.deleteKey(hash)
+		return fmt.Errorf("write key record: %w", err)
+	}
+	b.cache.putKey(ck)
+	return nil
+}
+
+// revokeKey deletes a key found through its tenant's index. Revoking a key
+// that is already gone succeeds.
+func (b *backend) revokeKey(ctx context.Context, s logical.Storage, tenant, id string) error {
+	p, err := readKeyPointer(ctx, s, tenant, id)
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		return nil
+	}
+	return b.revokeKeyByHash(ctx, s, tenant, id, p.Hash)
+}
+
+// revokeKeyByHash needs nothing but what a lease carries, so a lease revokes
+// its key even after the key's role or tenant was deleted.
+func (b *backend) revokeKeyByHash(ctx context.Context, s logical.Storage, tenant, id, hashHex string) error {
+	lock := b.hashLock(hashHex)
+	lock.Lock()
+	err := s.Delete(ctx, hashPrefix+hashHex)
+	// Forget the cached copy even when the delete failed: a later verify
+	// then reads storage, which is the truth either way.
+	if h, ok := parseHash(hashHex); ok {
+		b.cache.deleteKey(h)
+	}
+	lock.Unlock()
+	if err != nil {
+		return fmt.Errorf("delete key %q of tenant %q: %w", id, tenant, err)
+	}
+	if err := s.Delete(ctx, keyIndexPrefix(tenant)+id); err != nil {
+		return fmt.Errorf("delete index of key %q of tenant %q: %w", id, tenant, err)
+	}
+	b.limiter.forget(id)
+	return nil
+}

@@ -1,0 +1,191 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
+)
+
+const (
+	configPath = "config"
+
+	defaultKeyPrefix     = "ak"
+	defaultExpiryWarning = 7 * 24 * time.Hour
+)
+
+// mountConfig holds the mount-wide settings. It never holds a secret: the
+// HMAC pepper lives in its own seal-wrapped entry and is never returned.
+type mountConfig struct {
+	KeyPrefix     string        `json:"key_prefix"`
+	DefaultTTL    time.Duration `json:"default_ttl"`
+	MaxTTL        time.Duration `json:"max_ttl"`
+	ExpiryWarning time.Duration `json:"expiry_warning"`
+}
+
+func defaultConfig() *mountConfig {
+	return &mountConfig{KeyPrefix: defaultKeyPrefix, ExpiryWarning: defaultExpiryWarning}
+}
+
+func (b *backend) pathConfig() []*framework.Path {
+	return []*framework.Path{{
+		Pattern: "config",
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: operationPrefix,
+		},
+		Fields: map[string]*framework.FieldSchema{
+			"key_prefix": {
+				Type:        framework.TypeLowerCaseString,
+				Description: "Prefix of keys issued for tenants that set no key_prefix of their own: 1-16 lower-case letters or digits, starting with a letter.",
+				Default:     defaultKeyPrefix,
+			},
+			"default_ttl": {
+				Type:        framework.TypeDurationSecond,
+				Description: "TTL of issued keys when neither the role nor the tenant sets one. 0 uses the mount's (Vault's) default lease TTL.",
+			},
+			"max_ttl": {
+				Type:        framework.TypeDurationSecond,
+				Description: "Upper bound on the TTL of any key of this mount. 0 uses the mount's (Vault's) max lease TTL.",
+			},
+			"expiry_warning": {
+				Type:        framework.TypeDurationSecond,
+				Description: "How long before a key expires it counts as expiring (notifications, usage reports).",
+				Default:     int(defaultExpiryWarning.Seconds()),
+			},
+		},
+		ExistenceCheck: b.configExists,
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{
+				Callback:     b.pathConfigRead,
+				Summary:      "Read the mount configuration.",
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "configuration"},
+			},
+			logical.CreateOperation: &framework.PathOperation{
+				Callback:                  b.pathConfigWrite,
+				Summary:                   "Configure the mount.",
+				DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "configure"},
+				ForwardPerformanceStandby: true,
+			},
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback:                  b.pathConfigWrite,
+				Summary:                   "Configure the mount.",
+				DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "configure"},
+				ForwardPerformanceStandby: true,
+			},
+		},
+		HelpSynopsis:    pathConfigHelpSyn,
+		HelpDescription: pathConfigHelpDesc,
+	}}
+}
+
+// readConfig returns the stored configuration, or the defaults when none was
+// written yet.
+func readConfig(ctx context.Context, s logical.Storage) (*mountConfig, error) {
+	entry, err := s.Get(ctx, configPath)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg := defaultConfig()
+	if entry == nil {
+		return cfg, nil
+	}
+	if err := entry.DecodeJSON(cfg); err != nil {
+		return nil, fmt.Errorf("decode config: %w", err)
+	}
+	return cfg, nil
+}
+
+func (b *backend) configExists(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {
+	entry, err := req.Storage.Get(ctx, configPath)
+	if err != nil {
+		return false, fmt.Errorf("read config: %w", err)
+	}
+	return entry != nil, nil
+}
+
+func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	cfg, err := readConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	return &logical.Response{Data: map[string]interface{}{
+		"key_prefix":     cfg.KeyPrefix,
+		"default_ttl":    int64(cfg.DefaultTTL.Seconds()),
+		"max_ttl":        int64(cfg.MaxTTL.Seconds()),
+		"expiry_warning": int64(cfg.ExpiryWarning.Seconds()),
+	}}, nil
+}
+
+func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	cfg, err := readConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	if v, ok, err := d.GetOkErr("key_prefix"); err != nil {
+		return fieldError("key_prefix", err), nil
+	} else if ok {
+		if err := keyformat.ValidatePrefix(v.(string)); err != nil {
+			return fieldError("key_prefix", err), nil
+		}
+		cfg.KeyPrefix = v.(string)
+	}
+	for _, f := range []struct {
+		name string
+		dst  *time.Duration
+	}{
+		{"default_ttl", &cfg.DefaultTTL},
+		{"max_ttl", &cfg.MaxTTL},
+		{"expiry_warning", &cfg.ExpiryWarning},
+	} {
+		v, ok, err := d.GetOkErr(f.name)
+		if err != nil {
+			return fieldError(f.name, err), nil
+		}
+		if !ok {
+			continue
+		}
+		if v.(int) < 0 {
+			return logical.ErrorResponse("%s must not be negative", f.name), nil
+		}
+		*f.dst = time.Duration(v.(int)) * time.Second
+	}
+	if cfg.MaxTTL > 0 && cfg.DefaultTTL > cfg.MaxTTL {
+		return logical.ErrorResponse("default_ttl (%s) must not exceed max_ttl (%s)", cfg.DefaultTTL, cfg.MaxTTL), nil
+	}
+
+	entry, err := logical.StorageEntryJSON(configPath, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encode config: %w", err)
+	}
+	if err := req.Storage.Put(ctx, entry); err != nil {
+		return nil, fmt.Errorf("write config: %w", err)
+	}
+	return nil, nil
+}
+
+// fieldError is the 400 for a field whose value could not be parsed or is
+// not allowed; the field is always named so the caller knows what to fix.
+func fieldError(field string, err error) *logical.Response {
+	return logical.ErrorResponse("invalid %s: %s", field, err.Error())
+}
+
+const pathConfigHelpSyn = `Configure the API keys secrets engine.`
+
+const pathConfigHelpDesc = `
+Mount-wide settings:
+
+  key_prefix      prefix of issued keys for tenants that set none
+                  (keys look like <prefix>_<env>_<random><checksum>)
+  default_ttl     TTL of issued keys when the role and tenant set none
+  max_ttl         upper bound on every key's TTL on this mount
+  expiry_warning  window before expiry in which a key counts as expiring
+
+TTLs are further capped by the mount's tuned max lease TTL. Reading the
+configuration never returns secret material: the HMAC pepper that protects
+stored key hashes is generated on first use, seal-wrapped, and never leaves
+the plugin.
+`

@@ -1,0 +1,152 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	uuid "github.com/hashicorp/go-uuid"
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func (b *backend) pathKeys() []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "tenants/" + namePattern("tenant") + "/keys/?$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefix,
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"tenant": {Type: framework.TypeString, Description: "Name of the tenant.", Required: true},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{
+					Callback:     b.pathKeysList,
+					Summary:      "List the ids of a tenant's keys.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "list", OperationSuffix: "keys"},
+				},
+			},
+			HelpSynopsis:    pathKeysListHelpSyn,
+			HelpDescription: pathKeysListHelpDesc,
+		},
+		{
+			Pattern: "tenants/" + namePattern("tenant") + "/keys/" + namePattern("key_id") + "$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefix,
+				OperationSuffix: "key",
+			},
+			Fields: map[string]*framework.FieldSchema{
+				"tenant": {Type: framework.TypeString, Description: "Name of the tenant.", Required: true},
+				"key_id": {Type: framework.TypeString, Description: "Id of the key.", Required: true},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathKeyRead,
+					Summary:  "Read a key's metadata (never the key).",
+				},
+				logical.DeleteOperation: &framework.PathOperation{
+					Callback:                  b.pathKeyDelete,
+					Summary:                   "Revoke a key at once.",
+					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "revoke"},
+					ForwardPerformanceStandby: true,
+				},
+			},
+			HelpSynopsis:    pathKeyHelpSyn,
+			HelpDescription: pathKeyHelpDesc,
+		},
+	}
+}
+
+func tenantAndKeyID(d *framework.FieldData) (string, string, *logical.Response) {
+	tenant := d.Get("tenant").(string)
+	if err := validateName("tenant", tenant); err != nil {
+		return "", "", fieldError("tenant", err)
+	}
+	id := d.Get("key_id").(string)
+	if _, err := uuid.ParseUUID(id); err != nil {
+		return "", "", fieldError("key_id", fmt.Errorf("%q is not a key id", id))
+	}
+	return tenant, id, nil
+}
+
+func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	tenant := d.Get("tenant").(string)
+	if err := validateName("tenant", tenant); err != nil {
+		return fieldError("tenant", err), nil
+	}
+	ids, err := req.Storage.List(ctx, keyIndexPrefix(tenant))
+	if err != nil {
+		return nil, fmt.Errorf("list keys of tenant %q: %w", tenant, err)
+	}
+	return logical.ListResponse(ids), nil
+}
+
+func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	tenant, id, resp := tenantAndKeyID(d)
+	if resp != nil {
+		return resp, nil
+	}
+	e, err := readTenantKey(ctx, req.Storage, tenant, id)
+	if err != nil || e == nil {
+		return nil, err
+	}
+	return &logical.Response{Data: keyResponse(e, time.Now())}, nil
+}
+
+func keyResponse(e *keyEntry, now time.Time) map[string]interface{} {
+	status := "active"
+	var expires interface{}
+	if !e.ExpiresAt.IsZero() {
+		expires = e.ExpiresAt.Format(time.RFC3339)
+		if !now.Before(e.ExpiresAt) {
+			status = "expired"
+		}
+	}
+	return map[string]interface{}{
+		"key_id":            e.KeyID,
+		"tenant":            e.Tenant,
+		"role":              e.Role,
+		"kind":              e.Kind,
+		"name":              e.Name,
+		"scopes":            nonNilSlice(e.Scopes),
+		"environment":       e.Environment,
+		"allowed_cidrs":     nonNilSlice(e.AllowedCIDRs),
+		"rate_limit":        e.RateLimit,
+		"rate_limit_period": int64(e.RateLimitPeriod.Seconds()),
+		"metadata":          nonNilMap(e.Metadata),
+		"created_at":        e.CreatedAt.Format(time.RFC3339),
+		"expires_at":        expires,
+		"status":            status,
+	}
+}
+
+func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	tenant, id, resp := tenantAndKeyID(d)
+	if resp != nil {
+		return resp, nil
+	}
+	if err := b.revokeKey(ctx, req.Storage, tenant, id); err != nil {
+		return nil, err
+	}
+	return nil, nil
+}
+
+const pathKeysListHelpSyn = `List the ids of a tenant's keys.`
+
+const pathKeysListHelpDesc = `
+Lists the key ids of every key the tenant holds, dynamic and static. Read
+tenants/<tenant>/keys/<key_id> for one key's metadata.
+`
+
+const pathKeyHelpSyn = `Read or revoke one key of a tenant.`
+
+const pathKeyHelpDesc = `
+Reading returns the key's metadata: role, kind (dynamic or static), name,
+scopes, environment, allowed CIDRs, rate limit, created_at, expires_at,
+last_used_at and status. The key itself is never returned: only its HMAC is
+stored.
+
+Deleting revokes the key at once: it fails the very next verify. Its Vault
+lease, if any, stays until it expires or is revoked, which is then a no-op.
+`

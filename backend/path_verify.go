@@ -1,0 +1,231 @@
+package backend
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
+)
+
+// Verify answer codes: the public contract with API gateways.
+const (
+	codeValid             = "VALID"
+	codeMalformed         = "MALFORMED"
+	codeNotFound          = "NOT_FOUND"
+	codeExpired           = "EXPIRED"
+	codeTenantSuspended   = "TENANT_SUSPENDED"
+	codeInsufficientScope = "INSUFFICIENT_SCOPE"
+	codeIPNotAllowed      = "IP_NOT_ALLOWED"
+	codeRateLimited       = "RATE_LIMITED"
+)
+
+type verifyInput struct {
+	APIKey string
+	// Tenant, when set, limits the answer to that tenant's keys: any other
+	// key answers exactly like an unknown one.
+	Tenant         string
+	RequiredScopes []string
+	ClientIP       netip.Addr
+}
+
+type verifyOutcome struct {
+	Code string
+	Key  *cachedKey
+}
+
+func verifyFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"api_key": {
+			Type:        framework.TypeString,
+			Description: "The API key presented by the client.",
+			Required:    true,
+		},
+		"required_scopes": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "Scopes the request needs; the key must hold all of them, else INSUFFICIENT_SCOPE.",
+		},
+		"client_ip": {
+			Type:        framework.TypeString,
+			Description: "IP address of the client that presented the key; checked against the key's allowed_cidrs.",
+		},
+	}
+}
+
+func (b *backend) pathVerify() []*framework.Path {
+	global := verifyFields()
+	global["tenant"] = &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "If set, only this tenant's keys verify; any other key answers NOT_FOUND.",
+	}
+	scoped := verifyFields()
+	scoped["tenant"] = &framework.FieldSchema{
+		Type:        framework.TypeString,
+		Description: "Name of the tenant whose keys may verify.",
+		Required:    true,
+	}
+	return []*framework.Path{
+		{
+			Pattern: "verify$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefix,
+			},
+			Fields: global,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:     b.pathVerifyWrite,
+					Summary:      "Check an API key.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "verify", OperationSuffix: "key"},
+				},
+			},
+			HelpSynopsis:    pathVerifyHelpSyn,
+			HelpDescription: pathVerifyHelpDesc,
+		},
+		{
+			Pattern: "tenants/" + namePattern("tenant") + "/verify$",
+			DisplayAttrs: &framework.DisplayAttributes{
+				OperationPrefix: operationPrefix,
+			},
+			Fields: scoped,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:     b.pathVerifyWrite,
+					Summary:      "Check an API key of one tenant.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "verify", OperationSuffix: "tenant-key"},
+				},
+			},
+			HelpSynopsis:    pathVerifyHelpSyn,
+			HelpDescription: pathVerifyHelpDesc,
+		},
+	}
+}
+
+func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	in := verifyInput{APIKey: d.Get("api_key").(string)}
+	if in.APIKey == "" {
+		return logical.ErrorResponse("missing api_key"), nil
+	}
+	if t := d.Get("tenant").(string); t != "" {
+		if err := validateName("tenant", t); err != nil {
+			return fieldError("tenant", err), nil
+		}
+		in.Tenant = t
+	}
+	if v, ok := d.GetOk("required_scopes"); ok {
+		in.RequiredScopes = v.([]string)
+	}
+	if ip := d.Get("client_ip").(string); ip != "" {
+		addr, err := netip.ParseAddr(ip)
+		if err != nil {
+			return fieldError("client_ip", err), nil
+		}
+		in.ClientIP = addr
+	}
+
+	out, err := b.verify(ctx, req.Storage, &in, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	return &logical.Response{Data: verifyResponse(out)}, nil
+}
+
+// verify is the whole decision, free of HTTP and field parsing so that it can
+// be benchmarked alone. A warm call reads no storage and writes none, ever.
+func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput, now time.Time) (verifyOutcome, error) {
+	// Shape and checksum first: garbage and typos cost no storage read.
+	if _, ok := keyformat.Parse(in.APIKey); !ok {
+		return verifyOutcome{Code: codeMalformed}, nil
+	}
+	h, err := b.getHasher(ctx, s, false)
+	if err != nil || h == nil {
+		return verifyOutcome{Code: codeNotFound}, err
+	}
+	sum := h.Sum(in.APIKey)
+	k, err := b.lookupKey(ctx, s, sum)
+	if err != nil {
+		return verifyOutcome{}, err
+	}
+	if k == nil || !keyformat.Equal(k.hash, sum) {
+		return verifyOutcome{Code: codeNotFound}, nil
+	}
+	if in.Tenant != "" && k.entry.Tenant != in.Tenant {
+		return verifyOutcome{Code: codeNotFound}, nil
+	}
+	// Expiry is checked here even though the lease revokes the key: a revoke
+	// that has not run yet (or failed) must not keep a key alive.
+	if k.expiresAt != 0 && now.UnixNano() >= k.expiresAt {
+		return verifyOutcome{Code: codeExpired}, nil
+	}
+	t, err := b.lookupTenant(ctx, s, k.entry.Tenant)
+	if err != nil {
+		return verifyOutcome{}, err
+	}
+	if t == nil {
+		return verifyOutcome{Code: codeNotFound}, nil
+	}
+	if t.Status == tenantSuspended {
+		return verifyOutcome{Code: codeTenantSuspended}, nil
+	}
+	if !k.allowsIP(in.ClientIP) {
+		return verifyOutcome{Code: codeIPNotAllowed}, nil
+	}
+	if !k.hasScopes(in.RequiredScopes) {
+		return verifyOutcome{Code: codeInsufficientScope}, nil
+	}
+	// Only requests that would otherwise pass spend the key's allowance.
+	if k.entry.RateLimit > 0 && !b.limiter.allow(k.entry.KeyID, k.entry.RateLimit, k.entry.RateLimitPeriod, now) {
+		return verifyOutcome{Code: codeRateLimited}, nil
+	}
+	return verifyOutcome{Code: codeValid, Key: k}, nil
+}
+
+func verifyResponse(out verifyOutcome) map[string]interface{} {
+	if out.Code != codeValid {
+		return map[string]interface{}{"valid": false, "code": out.Code}
+	}
+	e := out.Key.entry
+	var expires interface{}
+	if !e.ExpiresAt.IsZero() {
+		expires = e.ExpiresAt.Format(time.RFC3339)
+	}
+	return map[string]interface{}{
+		"valid":       true,
+		"code":        codeValid,
+		"key_id":      e.KeyID,
+		"tenant":      e.Tenant,
+		"role":        e.Role,
+		"scopes":      nonNilSlice(e.Scopes),
+		"environment": e.Environment,
+		"metadata":    nonNilMap(e.Metadata),
+		"expires_at":  expires,
+		"kind":        e.Kind,
+		"in_grace":    false,
+	}
+}
+
+const pathVerifyHelpSyn = `Check whether an API key is valid and what it may do.`
+
+const pathVerifyHelpDesc = `
+API gateways call this for each request. A well-formed request always gets
+HTTP 200, so "invalid key" is never confused with "Vault is down"; the body
+says valid (true/false) and a code:
+
+  VALID               the key is good; key_id, tenant, role, scopes,
+                      environment, metadata, expires_at, kind and in_grace
+                      come with it
+  MALFORMED           not shaped like a key or a bad checksum (no storage read)
+  NOT_FOUND           unknown or revoked key, or another tenant's key on the
+                      tenant-scoped path
+  EXPIRED             past its expiry, even if its lease was not revoked yet
+  TENANT_SUSPENDED    the key's tenant is suspended
+  IP_NOT_ALLOWED      client_ip is missing or outside the key's allowed_cidrs
+  INSUFFICIENT_SCOPE  the key lacks one of required_scopes
+  RATE_LIMITED        over the role's rate_limit on this node
+
+tenants/<tenant>/verify answers only for that tenant's keys: give gateways of
+one tenant that path and they can learn nothing of other tenants. Verify never
+writes storage, so it runs on standby nodes too.
+`
