@@ -1,0 +1,243 @@
+package backend
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func (b *backend) code(t testing.TB, s logical.Storage, in verifyInput, now time.Time) string {
+	t.Helper()
+	out, err := b.verify(context.Background(), s, &in, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.Code
+}
+
+func TestVerifyMalformedReadsNoStorage(t *testing.T) {
+	b, s := newTestBackend(t)
+	key, _, _ := setupAcme(t, b, s)
+	b.clean(context.Background()) // cold: nothing cached, not even the pepper
+	s.reset()
+	for _, k := range []string{"", "garbage", badChecksum(key), key + "a", "ak_prod_" + key[8:], key[:20]} {
+		if c := b.code(t, s, verifyInput{APIKey: k}, time.Now()); c != codeMalformed {
+			t.Fatalf("%q: %s", k, c)
+		}
+	}
+	if s.gets+s.lists != 0 {
+		t.Fatalf("malformed keys cost %d storage reads", s.gets+s.lists)
+	}
+}
+
+func TestVerifyWarmReadsNothingAndNeverWrites(t *testing.T) {
+	b, s := newTestBackend(t)
+	key, _, _ := setupAcme(t, b, s)
+	b.clean(context.Background())
+	s.reset()
+	if c := b.code(t, s, verifyInput{APIKey: key}, time.Now()); c != codeValid {
+		t.Fatalf("cold verify: %s", c)
+	}
+	if s.gets == 0 {
+		t.Fatal("cold verify read nothing: the cache was not cleaned")
+	}
+	s.reset()
+	for i := 0; i < 5; i++ {
+		if c := b.code(t, s, verifyInput{APIKey: key, RequiredScopes: []string{"read"}}, time.Now()); c != codeValid {
+			t.Fatalf("warm verify: %s", c)
+		}
+	}
+	if s.gets+s.lists != 0 {
+		t.Fatalf("warm verify read storage %d times", s.gets+s.lists)
+	}
+
+	// Every answer, valid or not, leaves storage untouched.
+	b.do(t, s, logical.CreateOperation, "tenants/acme/roles/limited", map[string]interface{}{"allowed_cidrs": "10.0.0.0/8", "rate_limit": 1})
+	limited := b.do(t, s, logical.ReadOperation, "tenants/acme/creds/limited", nil).Data["api_key"].(string)
+	b.clean(context.Background())
+	s.reset()
+	for _, in := range []verifyInput{
+		{APIKey: key},
+		{APIKey: key, Tenant: "globex"},
+		{APIKey: key, RequiredScopes: []string{"admin"}},
+		{APIKey: limited},
+		{APIKey: badChecksum(key)},
+		{APIKey: regenerate(t, key)},
+	} {
+		b.code(t, s, in, time.Now())
+		b.code(t, s, in, time.Now().Add(48*time.Hour))
+	}
+	if w := s.writes(); w != 0 {
+		t.Fatalf("verify wrote storage %d times", w)
+	}
+}
+
+func TestVerifyChecksExpiryWithoutTheLease(t *testing.T) {
+	b, s := newTestBackend(t)
+	key, _, resp := setupAcme(t, b, s)
+	ttl := resp.Secret.TTL
+	if c := b.code(t, s, verifyInput{APIKey: key}, time.Now().Add(ttl-time.Second)); c != codeValid {
+		t.Fatalf("before expiry: %s", c)
+	}
+	// No lease revoke ever ran: verify alone must refuse the key.
+	if c := b.code(t, s, verifyInput{APIKey: key}, time.Now().Add(ttl+time.Second)); c != codeExpired {
+		t.Fatalf("after expiry: %s", c)
+	}
+}
+
+func TestVerifyCodes(t *testing.T) {
+	b, s := newTestBackend(t)
+	key, _, _ := setupAcme(t, b, s)
+	b.do(t, s, logical.CreateOperation, "tenants/globex", map[string]interface{}{})
+	b.do(t, s, logical.CreateOperation, "tenants/acme/roles/office", map[string]interface{}{"scopes": "read", "allowed_cidrs": "10.0.0.0/8,::ffff:192.0.2.0/120"})
+	office := b.do(t, s, logical.ReadOperation, "tenants/acme/creds/office", nil).Data["api_key"].(string)
+	ip := func(s string) verifyInput {
+		in := verifyInput{APIKey: office}
+		in.ClientIP = mustAddr(t, s)
+		return in
+	}
+	now := time.Now()
+	for name, tc := range map[string]struct {
+		in   verifyInput
+		want string
+	}{
+		"valid":                   {verifyInput{APIKey: key}, codeValid},
+		"scopes held":             {verifyInput{APIKey: key, RequiredScopes: []string{"read", "write"}}, codeValid},
+		"scope missing":           {verifyInput{APIKey: key, RequiredScopes: []string{"read", "admin"}}, codeInsufficientScope},
+		"other tenant":            {verifyInput{APIKey: key, Tenant: "globex"}, codeNotFound},
+		"own tenant":              {verifyInput{APIKey: key, Tenant: "acme"}, codeValid},
+		"ip inside":               {ip("10.9.8.7"), codeValid},
+		"ip outside":              {ip("11.0.0.1"), codeIPNotAllowed},
+		"ip missing":              {verifyInput{APIKey: office}, codeIPNotAllowed},
+		"ipv4-mapped ipv6 inside": {ip("::ffff:10.1.1.1"), codeValid},
+		"unknown well-formed key": {verifyInput{APIKey: regenerate(t, key)}, codeNotFound},
+		"bad checksum":            {verifyInput{APIKey: badChecksum(key)}, codeMalformed},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if got := b.code(t, s, tc.in, now); got != tc.want {
+				t.Fatalf("got %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestVerifyFollowsLocalWritesAtOnce(t *testing.T) {
+	b, s := newTestBackend(t)
+	key, id, _ := setupAcme(t, b, s)
+	now := time.Now()
+	if c := b.code(t, s, verifyInput{APIKey: key}, now); c != codeValid {
+		t.Fatal(c)
+	}
+	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "suspended"})
+	if c := b.code(t, s, verifyInput{APIKey: key}, now); c != codeTenantSuspended {
+		t.Fatalf("after suspend: %s", c)
+	}
+	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "active"})
+	if c := b.code(t, s, verifyInput{APIKey: key}, now); c != codeValid {
+		t.Fatalf("after resume: %s", c)
+	}
+	b.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+id, nil)
+	if c := b.code(t, s, verifyInput{APIKey: key}, now); c != codeNotFound {
+		t.Fatalf("after delete: %s", c)
+	}
+}
+
+// TestInvalidateUsesTheKeysPluginWrites plays a standby: it caches a key and
+// its tenant, another node changes them, and Invalidate is fed exactly the
+// storage keys the active node wrote. A mismatch between those strings and
+// what Invalidate expects would leave the standby answering VALID.
+func TestInvalidateUsesTheKeysPluginWrites(t *testing.T) {
+	active, s := newTestBackend(t)
+	standby, _ := newTestBackendOn(t, s)
+	key, id, _ := setupAcme(t, active, s)
+	now := time.Now()
+	if c := standby.code(t, s, verifyInput{APIKey: key}, now); c != codeValid {
+		t.Fatal(c)
+	}
+
+	s.reset()
+	active.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "suspended"})
+	if c := standby.code(t, s, verifyInput{APIKey: key}, now); c != codeValid {
+		t.Fatalf("standby saw the suspension before Invalidate (%s): the test no longer proves anything", c)
+	}
+	for _, k := range s.putKeys {
+		standby.Invalidate(context.Background(), k)
+	}
+	if c := standby.code(t, s, verifyInput{APIKey: key}, now); c != codeTenantSuspended {
+		t.Fatalf("after Invalidate of %v: %s", s.putKeys, c)
+	}
+	active.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "active"})
+
+	// An unrelated change drops nothing: the next verify is still warm.
+	standby.Invalidate(context.Background(), "tenants/acme") // resume
+	standby.code(t, s, verifyInput{APIKey: key}, now)
+	standby.Invalidate(context.Background(), "tenants/globex")
+	standby.Invalidate(context.Background(), "roles/acme/web")
+	s.reset()
+	standby.code(t, s, verifyInput{APIKey: key}, now)
+	if s.gets != 0 {
+		t.Fatalf("unrelated invalidations cost %d reads", s.gets)
+	}
+
+	s.reset()
+	active.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+id, nil)
+	if len(s.delKeys) == 0 {
+		t.Fatal("revoke deleted nothing")
+	}
+	for _, k := range s.delKeys {
+		standby.Invalidate(context.Background(), k)
+	}
+	if c := standby.code(t, s, verifyInput{APIKey: key}, now); c != codeNotFound {
+		t.Fatalf("after Invalidate of %v: %s", s.delKeys, c)
+	}
+}
+
+func TestRateLimitIsPerKeyAndRefills(t *testing.T) {
+	b, s := newTestBackend(t)
+	setupAcme(t, b, s)
+	b.do(t, s, logical.CreateOperation, "tenants/acme/roles/metered", map[string]interface{}{"rate_limit": 2, "rate_limit_period": "10s"})
+	k1 := b.do(t, s, logical.ReadOperation, "tenants/acme/creds/metered", nil).Data["api_key"].(string)
+	k2 := b.do(t, s, logical.ReadOperation, "tenants/acme/creds/metered", nil).Data["api_key"].(string)
+	now := time.Now()
+	want := []string{codeValid, codeValid, codeRateLimited}
+	for i, w := range want {
+		if c := b.code(t, s, verifyInput{APIKey: k1}, now); c != w {
+			t.Fatalf("call %d: %s, want %s", i, c, w)
+		}
+	}
+	if c := b.code(t, s, verifyInput{APIKey: k2}, now); c != codeValid {
+		t.Fatalf("second key limited by the first: %s", c)
+	}
+	// 2 per 10 s refills one token every 5 s.
+	if c := b.code(t, s, verifyInput{APIKey: k1}, now.Add(5*time.Second)); c != codeValid {
+		t.Fatalf("after refill: %s", c)
+	}
+}
+
+func TestFailedIssueLeavesNothingBehind(t *testing.T) {
+	b, s := newTestBackend(t)
+	setupAcme(t, b, s)
+	before, err := s.List(context.Background(), keyIndexPrefix("acme"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.failPut = hashPrefix
+	resp, err := b.HandleRequest(context.Background(), &logical.Request{Operation: logical.ReadOperation, Path: "tenants/acme/creds/web", Storage: s})
+	if err == nil && (resp == nil || !resp.IsError()) {
+		t.Fatal("issue succeeded with a failing storage")
+	}
+	s.failPut = ""
+	after, err := s.List(context.Background(), keyIndexPrefix("acme"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) {
+		t.Fatalf("failed issue left an index entry: %v -> %v", before, after)
+	}
+	hashes, _ := s.List(context.Background(), hashPrefix)
+	if len(hashes) != len(before) {
+		t.Fatalf("failed issue left %d records for %d keys", len(hashes), len(before))
+	}
+}
