@@ -26,6 +26,7 @@ import (
 	"hash/crc32"
 	"io"
 	"sync"
+	"unsafe"
 )
 
 // BodyLen is fixed rather than minimal so that every key of one prefix and
@@ -171,16 +172,15 @@ func encodeChecksum(out *[ChecksumLen]byte, v uint32) {
 	}
 }
 
-// crc computes CRC32-IEEE by hand because hash/crc32 passes its input
-// through a function variable, which forces a string-to-[]byte conversion
-// (or a stack buffer) to escape to the heap and would make Parse allocate.
+// crc uses hash/crc32's hardware-accelerated IEEE path. The input is viewed
+// as bytes without a copy: hash/crc32 passes it through a function variable,
+// so a []byte conversion would escape and make Parse allocate; the view is
+// only ever read.
 func crc[T string | []byte](s T) uint32 {
-	tab := crc32.IEEETable
-	crc := ^uint32(0)
-	for i := 0; i < len(s); i++ {
-		crc = tab[byte(crc)^s[i]] ^ (crc >> 8)
+	if len(s) == 0 {
+		return crc32.ChecksumIEEE(nil)
 	}
-	return ^crc
+	return crc32.ChecksumIEEE(unsafe.Slice(unsafe.StringData(string(s)), len(s)))
 }
 
 // base62Value uses -1 for bytes outside the alphabet so Parse can check
