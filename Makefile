@@ -5,6 +5,7 @@
 #   make build  the plugin binary in bin/
 #   make lint   gofmt check, go vet, staticcheck
 #   make fmt    gofmt -w
+#   make bench  in-process benchmarks and a load test against a real Vault
 
 MODULE      := github.com/vault-apikeys/vault-plugin-secrets-apikeys
 PLUGIN      := vault-plugin-secrets-apikeys
@@ -14,7 +15,7 @@ LDFLAGS     := -X $(MODULE)/backend.Version=$(VERSION) -X $(MODULE)/backend.Comm
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TEST_TIMEOUT ?= 25m
 
-.PHONY: build dev test lint fmt vault
+.PHONY: build dev test lint fmt vault bench
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
@@ -37,3 +38,10 @@ lint:
 
 fmt:
 	gofmt -w $$(git ls-files -co --exclude-standard '*.go')
+
+# In-process Go benchmarks (no tests), then the load test of verify against
+# a real Vault (scripts/bench). BENCH_FLAGS passes flags to the load test,
+# e.g. make bench BENCH_FLAGS='-duration 30s -rounds 3 -json bench.json'.
+bench: vault
+	go test -run '^$$' -bench . -benchmem ./backend/...
+	go run ./scripts/bench $(BENCH_FLAGS)

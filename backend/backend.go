@@ -33,8 +33,9 @@ type backend struct {
 	// Invalidate of the same key, so a fill can never resurrect a key.
 	hashLocks []*locksutil.LockEntry
 
-	cache   *verifyCache
-	limiter *rateLimiter
+	cache     *verifyCache
+	limiter   *rateLimiter
+	rotations *rotationEngine
 
 	pepperMu sync.RWMutex
 	hasher   *hasherState
@@ -55,6 +56,7 @@ func newBackend() *backend {
 		hashLocks:   locksutil.CreateLocks(),
 		cache:       newVerifyCache(),
 		limiter:     newRateLimiter(),
+		rotations:   newRotationEngine(),
 	}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
@@ -63,6 +65,10 @@ func newBackend() *backend {
 			SealWrapStorage: []string{
 				configPath,
 				pepperPath,
+				staticPrefix,
+			},
+			LocalStorage: []string{
+				framework.WALPrefix,
 			},
 		},
 		Paths: framework.PathAppend(
@@ -70,6 +76,7 @@ func newBackend() *backend {
 			b.pathConfig(),
 			b.pathVerify(),
 			b.pathCreds(),
+			b.pathStaticKeys(),
 			b.pathKeys(),
 			b.pathRoles(),
 			b.pathTenants(),
@@ -77,6 +84,7 @@ func newBackend() *backend {
 		Secrets: []*framework.Secret{
 			b.secretAPIKey(),
 		},
+		InitializeFunc: b.initialize,
 		Invalidate:     b.invalidate,
 		Clean:          b.clean,
 		RunningVersion: Version,
@@ -98,6 +106,7 @@ func (b *backend) invalidate(ctx context.Context, key string) {
 }
 
 func (b *backend) clean(ctx context.Context) {
+	b.rotations.stop()
 	b.cache.reset()
 	b.limiter.reset()
 	b.resetHasher()

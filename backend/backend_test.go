@@ -19,6 +19,15 @@ type countingStorage struct {
 	putKeys, delKeys        []string
 	// failPut makes Put fail for keys with this prefix.
 	failPut string
+	// failAt makes the failAt-th write (Put or Delete) since reset and every
+	// later one fail: the process "crashed" at that write.
+	failAt, writeN int
+}
+
+// failWrite counts a write and says whether it must fail. Caller holds mu.
+func (s *countingStorage) failWrite() bool {
+	s.writeN++
+	return s.failAt > 0 && s.writeN >= s.failAt
 }
 
 var errInjected = errors.New("injected storage failure")
@@ -34,7 +43,7 @@ func (s *countingStorage) Put(ctx context.Context, e *logical.StorageEntry) erro
 	s.mu.Lock()
 	s.puts++
 	s.putKeys = append(s.putKeys, e.Key)
-	fail := s.failPut != "" && strings.HasPrefix(e.Key, s.failPut)
+	fail := s.failWrite() || (s.failPut != "" && strings.HasPrefix(e.Key, s.failPut))
 	s.mu.Unlock()
 	if fail {
 		return errInjected
@@ -46,7 +55,11 @@ func (s *countingStorage) Delete(ctx context.Context, k string) error {
 	s.mu.Lock()
 	s.dels++
 	s.delKeys = append(s.delKeys, k)
+	fail := s.failWrite()
 	s.mu.Unlock()
+	if fail {
+		return errInjected
+	}
 	return s.Storage.Delete(ctx, k)
 }
 
@@ -61,6 +74,7 @@ func (s *countingStorage) reset() {
 	s.mu.Lock()
 	s.gets, s.puts, s.dels, s.lists = 0, 0, 0, 0
 	s.putKeys, s.delKeys = nil, nil
+	s.writeN = 0
 	s.mu.Unlock()
 }
 

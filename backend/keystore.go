@@ -45,6 +45,8 @@ type keyEntry struct {
 	CreatedAt       time.Time         `json:"created_at"`
 	// ExpiresAt is zero for a key that never expires.
 	ExpiresAt time.Time `json:"expires_at"`
+	// InGrace marks a rotated-out static key: valid until ExpiresAt.
+	InGrace bool `json:"in_grace,omitempty"`
 }
 
 type keyPointer struct {

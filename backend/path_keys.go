@@ -99,8 +99,11 @@ func keyResponse(e *keyEntry, now time.Time) map[string]interface{} {
 	var expires interface{}
 	if !e.ExpiresAt.IsZero() {
 		expires = e.ExpiresAt.Format(time.RFC3339)
-		if !now.Before(e.ExpiresAt) {
+		switch {
+		case !now.Before(e.ExpiresAt):
 			status = "expired"
+		case e.InGrace:
+			status = "in_grace"
 		}
 	}
 	return map[string]interface{}{
@@ -126,10 +129,44 @@ func (b *backend) pathKeyDelete(ctx context.Context, req *logical.Request, d *fr
 	if resp != nil {
 		return resp, nil
 	}
+	e, err := readTenantKey(ctx, req.Storage, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	if e != nil && e.Kind == kindStatic {
+		return nil, b.revokeStaticKeyNow(ctx, req.Storage, e)
+	}
 	if err := b.revokeKey(ctx, req.Storage, tenant, id); err != nil {
 		return nil, err
 	}
 	return nil, nil
+}
+
+// revokeStaticKeyNow kills one key of a static key at once. The current key
+// is replaced by a fresh one with no grace (a leaked key must not linger),
+// so the static key is never left without a valid key.
+func (b *backend) revokeStaticKeyNow(ctx context.Context, s logical.Storage, k *keyEntry) error {
+	lock := b.tenantLock(k.Tenant)
+	lock.Lock()
+	defer lock.Unlock()
+	st, err := readStaticKey(ctx, s, k.Tenant, k.Name)
+	if err != nil {
+		return err
+	}
+	switch {
+	case st != nil && st.CurrentID == k.KeyID:
+		if err := b.rotateStaticKeyWithGrace(ctx, s, st, time.Now().UTC(), 0); err != nil {
+			return err
+		}
+		b.rotations.schedule(st)
+		return nil
+	case st != nil && st.PreviousID == k.KeyID:
+		st.PreviousID, st.PreviousHash, st.PreviousExpiresAt = "", "", time.Time{}
+		if err := writeStaticKey(ctx, s, st); err != nil {
+			return err
+		}
+	}
+	return b.revokeKeyByHash(ctx, s, k.Tenant, k.KeyID, k.Hash)
 }
 
 const pathKeysListHelpSyn = `List the ids of a tenant's keys.`
@@ -149,4 +186,6 @@ stored.
 
 Deleting revokes the key at once: it fails the very next verify. Its Vault
 lease, if any, stays until it expires or is revoked, which is then a no-op.
+Deleting the current key of a static key also rotates the static key at
+once, with no grace for the deleted key.
 `

@@ -307,6 +307,21 @@ func (b *backend) pathTenantDelete(ctx context.Context, req *logical.Request, d 
 	}
 	// Keys go first and the tenant record last, so an interrupted delete
 	// leaves a tenant that can be deleted again, never keys without a tenant.
+	statics, err := req.Storage.List(ctx, staticKeyPrefix(name))
+	if err != nil {
+		return nil, fmt.Errorf("list static keys of tenant %q: %w", name, err)
+	}
+	for _, sk := range statics {
+		e, err := readStaticKey(ctx, req.Storage, name, sk)
+		if err != nil {
+			return nil, err
+		}
+		if e != nil {
+			if err := b.deleteStaticKey(ctx, req.Storage, e); err != nil {
+				return nil, err
+			}
+		}
+	}
 	for _, id := range ids {
 		if err := b.revokeKey(ctx, req.Storage, name, id); err != nil {
 			return nil, err

@@ -202,7 +202,7 @@ func verifyResponse(out verifyOutcome) map[string]interface{} {
 		"metadata":    nonNilMap(e.Metadata),
 		"expires_at":  expires,
 		"kind":        e.Kind,
-		"in_grace":    false,
+		"in_grace":    e.InGrace,
 	}
 }
 

@@ -1,0 +1,653 @@
+// Command bench is a load test of the plugin's verify path against a real
+// Vault dev server. Verify is measured next to three baselines that share
+// Vault's HTTP and request-routing path, so the table tells how much the
+// plugin adds rather than how fast this machine is:
+//
+//   - info:         the plugin's cheapest path (no storage), the ceiling set
+//     by the hop from Vault to the plugin process;
+//   - kv-v2 read:   a built-in engine reading a record of about verify's size;
+//   - token lookup: a built-in path with no secrets engine at all.
+//
+// Run it as
+//
+//	go run ./scripts/bench [-duration 10s] [-warmup 2s] [-workers 16] [-rounds 1] [-json out.json]
+//
+// The load generator, Vault and the plugin share the machine, so absolute
+// numbers depend on the cores left to each; the ratios are what to compare.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+)
+
+const (
+	mount  = "apikeys"
+	tenant = "bench"
+	role   = "web"
+
+	// maxErrorRatio is the share of failed requests above which a target's
+	// numbers are not worth reporting: they would measure error paths.
+	maxErrorRatio = 0.01
+
+	// The targets the docs promise for verify, relative to info.
+	minVerifyThroughputRatio = 0.95
+	maxVerifyP99Ratio        = 1.1
+)
+
+type config struct {
+	workers  int
+	duration time.Duration
+	warmup   time.Duration
+	rounds   int
+	jsonPath string
+}
+
+// target is one endpoint under load. Want must appear in every answer: a
+// 200 that carries the wrong answer (say an INVALID verify) measures a
+// different code path and counts as an error.
+type target struct {
+	Name   string `json:"name"`
+	Method string `json:"method"`
+	Path   string `json:"path"`
+	body   []byte
+	want   []byte
+}
+
+// roundResult is one measured attack on one target.
+type roundResult struct {
+	Requests   uint64        `json:"requests"`
+	OK         uint64        `json:"ok"`
+	Errors     uint64        `json:"errors"`
+	Throughput float64       `json:"ok_per_second"`
+	P50        time.Duration `json:"p50_ns"`
+	P99        time.Duration `json:"p99_ns"`
+	Mean       time.Duration `json:"mean_ns"`
+	Max        time.Duration `json:"max_ns"`
+	MeanBytes  float64       `json:"mean_response_bytes"`
+	Elapsed    time.Duration `json:"elapsed_ns"`
+	FirstError string        `json:"first_error,omitempty"`
+}
+
+func (r roundResult) success() float64 {
+	if r.Requests == 0 {
+		return 0
+	}
+	return float64(r.OK) / float64(r.Requests)
+}
+
+type targetReport struct {
+	target
+	// Median is the round with the median throughput; its latencies are
+	// reported with it so that one row is one real measurement.
+	Median roundResult   `json:"median"`
+	Rounds []roundResult `json:"rounds"`
+	// ErrorRatio is over all rounds, so a bad round cannot hide behind the
+	// median.
+	ErrorRatio float64 `json:"error_ratio"`
+}
+
+type machine struct {
+	CPUs          int    `json:"cpus"`
+	CPUModel      string `json:"cpu_model,omitempty"`
+	OS            string `json:"os"`
+	Arch          string `json:"arch"`
+	GoVersion     string `json:"go_version"`
+	VaultVersion  string `json:"vault_version"`
+	PluginVersion string `json:"plugin_version"`
+	LoadAvg       string `json:"load_avg_at_start,omitempty"`
+}
+
+type check struct {
+	Name  string  `json:"name"`
+	Ratio float64 `json:"ratio"`
+	Pass  bool    `json:"pass"`
+}
+
+type report struct {
+	Machine  machine            `json:"machine"`
+	Command  string             `json:"command"`
+	Workers  int                `json:"workers"`
+	Duration string             `json:"duration"`
+	Warmup   string             `json:"warmup"`
+	Rounds   int                `json:"rounds"`
+	Targets  []targetReport     `json:"targets"`
+	Ratios   map[string]float64 `json:"ratios"`
+	Checks   []check            `json:"checks"`
+}
+
+func main() {
+	os.Exit(run())
+}
+
+// run returns the exit code, so that deferred cleanup (the Vault server and
+// its temporary directory) happens before the process exits.
+func run() int {
+	var cfg config
+	flag.IntVar(&cfg.workers, "workers", 16, "concurrent requests in flight per target")
+	flag.DurationVar(&cfg.duration, "duration", 10*time.Second, "measured load per target and round")
+	flag.DurationVar(&cfg.warmup, "warmup", 2*time.Second, "load before each measurement whose results are discarded")
+	flag.IntVar(&cfg.rounds, "rounds", 1, "run the target sequence this many times, interleaved, and report the median round")
+	flag.StringVar(&cfg.jsonPath, "json", "", "also write the results as JSON to this file")
+	flag.Parse()
+	if cfg.workers < 1 || cfg.rounds < 1 || cfg.duration <= 0 || cfg.warmup < 0 || flag.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "bench: -workers and -rounds must be >= 1, -duration > 0, -warmup >= 0, and no arguments")
+		flag.Usage()
+		return 2
+	}
+	logger := log.New(os.Stderr, "bench: ", 0)
+
+	// On the first SIGINT/SIGTERM the context ends the running attack and
+	// the deferred Cleanup stops Vault; a second signal kills at once (Vault
+	// then dies with us through Pdeathsig, but its temp directory stays).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() { <-ctx.Done(); stop() }()
+
+	rep, err := bench(ctx, cfg, logger)
+	if err != nil {
+		if ctx.Err() != nil {
+			logger.Printf("interrupted: %v", err)
+			return 130
+		}
+		logger.Printf("%v", err)
+		return 1
+	}
+	printReport(os.Stdout, rep)
+	if cfg.jsonPath != "" {
+		if err := writeJSON(cfg.jsonPath, rep); err != nil {
+			logger.Printf("%v", err)
+			return 1
+		}
+		logger.Printf("wrote %s", cfg.jsonPath)
+	}
+	// A ratio miss is a finding, not a failure; too many errors means the
+	// numbers above are not a measurement of the intended paths.
+	code := 0
+	for _, t := range rep.Targets {
+		if t.ErrorRatio > maxErrorRatio {
+			logger.Printf("%s: %.2f%% of requests failed (limit %.0f%%); first error: %s",
+				t.Name, 100*t.ErrorRatio, 100*maxErrorRatio, firstError(t))
+			code = 1
+		}
+	}
+	return code
+}
+
+func bench(ctx context.Context, cfg config, logger *log.Logger) (*report, error) {
+	srv, err := testvault.Start(ctx, testvault.Options{Log: logger.Printf})
+	if err != nil {
+		return nil, fmt.Errorf("start vault: %w", err)
+	}
+	defer srv.Cleanup()
+
+	targets, err := setup(ctx, srv, logger)
+	if err != nil {
+		return nil, fmt.Errorf("%w\n--- vault log (tail) ---\n%s", err, srv.LogTail(30))
+	}
+	m, err := describeMachine(ctx, srv)
+	if err != nil {
+		return nil, err
+	}
+
+	// One transport for all attacks, so the warmup's connections are the
+	// ones the measurement uses and no run pays for TCP handshakes.
+	client := &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			Proxy:               nil, // loopback; an HTTP_PROXY in the environment must not sit in between
+			MaxIdleConns:        4 * cfg.workers,
+			MaxIdleConnsPerHost: 4 * cfg.workers,
+			IdleConnTimeout:     90 * time.Second,
+		},
+	}
+	defer client.CloseIdleConnections()
+
+	// Each answer must be right before any load: a benchmark of failing
+	// requests is worthless, and this shows the body that was wrong.
+	for _, t := range targets {
+		if err := probe(ctx, client, srv, t); err != nil {
+			return nil, err
+		}
+	}
+
+	results := make([][]roundResult, len(targets))
+	for r := 0; r < cfg.rounds; r++ {
+		for i, t := range targets {
+			logger.Printf("round %d/%d: %s (%s warmup, %s measured)", r+1, cfg.rounds, t.Name, cfg.warmup, cfg.duration)
+			if cfg.warmup > 0 {
+				if _, err := attack(ctx, client, srv, t, cfg.workers, cfg.warmup); err != nil {
+					return nil, fmt.Errorf("%s warmup: %w", t.Name, err)
+				}
+			}
+			res, err := attack(ctx, client, srv, t, cfg.workers, cfg.duration)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", t.Name, err)
+			}
+			results[i] = append(results[i], res)
+		}
+	}
+
+	rep := &report{
+		Machine:  m,
+		Command:  commandLine(),
+		Workers:  cfg.workers,
+		Duration: cfg.duration.String(),
+		Warmup:   cfg.warmup.String(),
+		Rounds:   cfg.rounds,
+		Ratios:   map[string]float64{},
+	}
+	for i, t := range targets {
+		rep.Targets = append(rep.Targets, summarize(t, results[i]))
+	}
+	verify, info, kv := rep.Targets[0].Median, rep.Targets[1].Median, rep.Targets[2].Median
+	rep.Ratios["verify/info req/s"] = ratio(verify.Throughput, info.Throughput)
+	rep.Ratios["verify/info p99"] = ratio(float64(verify.P99), float64(info.P99))
+	rep.Ratios["info/kv req/s"] = ratio(info.Throughput, kv.Throughput)
+	rep.Ratios["verify/kv req/s"] = ratio(verify.Throughput, kv.Throughput)
+	rep.Checks = []check{
+		{
+			Name:  fmt.Sprintf("verify req/s >= %.2f x info", minVerifyThroughputRatio),
+			Ratio: rep.Ratios["verify/info req/s"],
+			Pass:  rep.Ratios["verify/info req/s"] >= minVerifyThroughputRatio,
+		},
+		{
+			Name:  fmt.Sprintf("verify p99 <= %.1f x info p99", maxVerifyP99Ratio),
+			Ratio: rep.Ratios["verify/info p99"],
+			Pass:  rep.Ratios["verify/info p99"] > 0 && rep.Ratios["verify/info p99"] <= maxVerifyP99Ratio,
+		},
+	}
+	return rep, nil
+}
+
+// setup mounts the plugin, issues the key verify is measured with, writes
+// the KV record, and returns the targets in report order (verify first: the
+// ratios index them).
+func setup(ctx context.Context, srv *testvault.Server, logger *log.Logger) ([]target, error) {
+	c := srv.Client
+	if err := srv.Mount(ctx, mount); err != nil {
+		return nil, err
+	}
+	if _, err := c.Logical().WriteWithContext(ctx, mount+"/tenants/"+tenant, map[string]interface{}{}); err != nil {
+		return nil, fmt.Errorf("create tenant %s: %w", tenant, err)
+	}
+	if _, err := c.Logical().WriteWithContext(ctx, mount+"/tenants/"+tenant+"/roles/"+role,
+		map[string]interface{}{"scopes": "read,write", "ttl": "1h"}); err != nil {
+		return nil, fmt.Errorf("create role %s: %w", role, err)
+	}
+	s, err := c.Logical().ReadWithContext(ctx, mount+"/tenants/"+tenant+"/creds/"+role)
+	if err != nil {
+		return nil, fmt.Errorf("issue key: %w", err)
+	}
+	if s == nil {
+		return nil, errors.New("issue key: empty answer")
+	}
+	key, _ := s.Data["api_key"].(string)
+	if key == "" {
+		return nil, fmt.Errorf("issue key: no api_key in %v", s.Data)
+	}
+
+	// The KV record is built from a real verify answer, so kv-v2 read moves
+	// about as many bytes as verify does and the two rows compare fairly.
+	v, err := c.Logical().WriteWithContext(ctx, mount+"/verify", map[string]interface{}{"api_key": key})
+	if err != nil {
+		return nil, fmt.Errorf("verify the issued key: %w", err)
+	}
+	if v == nil || v.Data["code"] != "VALID" {
+		return nil, fmt.Errorf("verify the issued key: want code VALID, got %#v", v)
+	}
+	if err := ensureKVv2(ctx, c); err != nil {
+		return nil, err
+	}
+	if err := writeKV(ctx, c, kvRecord(v.Data)); err != nil {
+		return nil, err
+	}
+	logger.Printf("tenant %s, role %s, key %s..., secret/data/bench written", tenant, role, key[:min(len(key), 16)])
+
+	verifyBody, err := json.Marshal(map[string]string{"api_key": key})
+	if err != nil {
+		return nil, fmt.Errorf("encode verify body: %w", err)
+	}
+	lookupBody, err := json.Marshal(map[string]string{"token": srv.Token})
+	if err != nil {
+		return nil, fmt.Errorf("encode lookup body: %w", err)
+	}
+	return []target{
+		{Name: "verify", Method: http.MethodPost, Path: mount + "/verify", body: verifyBody, want: []byte(`"code":"VALID"`)},
+		{Name: "info", Method: http.MethodGet, Path: mount + "/info", want: []byte(`"version"`)},
+		{Name: "kv-v2 read", Method: http.MethodGet, Path: "secret/data/bench", want: []byte(`"key_id"`)},
+		{Name: "token lookup", Method: http.MethodPost, Path: "auth/token/lookup", body: lookupBody, want: []byte(`"policies"`)},
+	}, nil
+}
+
+// kvRecord flattens a verify answer to the string fields a KV record holds.
+func kvRecord(d map[string]interface{}) map[string]interface{} {
+	str := func(v interface{}) string {
+		switch x := v.(type) {
+		case nil:
+			return ""
+		case string:
+			return x
+		case []interface{}:
+			parts := make([]string, len(x))
+			for i, p := range x {
+				parts[i] = fmt.Sprint(p)
+			}
+			return strings.Join(parts, ",")
+		default:
+			b, err := json.Marshal(x)
+			if err != nil {
+				return fmt.Sprint(x)
+			}
+			return string(b)
+		}
+	}
+	rec := map[string]interface{}{}
+	for _, f := range []string{"key_id", "tenant", "role", "scopes", "environment", "metadata", "expires_at"} {
+		rec[f] = str(d[f])
+	}
+	return rec
+}
+
+// ensureKVv2 enables KV v2 at secret/ unless it is there (dev mode mounts it).
+func ensureKVv2(ctx context.Context, c *api.Client) error {
+	mounts, err := c.Sys().ListMountsWithContext(ctx)
+	if err != nil {
+		return fmt.Errorf("list mounts: %w", err)
+	}
+	if m, ok := mounts["secret/"]; ok {
+		if m.Type != "kv" || m.Options["version"] != "2" {
+			return fmt.Errorf("secret/ is mounted as %s version %q, want kv version 2", m.Type, m.Options["version"])
+		}
+		return nil
+	}
+	err = c.Sys().MountWithContext(ctx, "secret", &api.MountInput{Type: "kv", Options: map[string]string{"version": "2"}})
+	if err != nil {
+		return fmt.Errorf("enable kv v2 at secret/: %w", err)
+	}
+	return nil
+}
+
+// writeKV retries for a while because a freshly enabled KV v2 mount refuses
+// writes until its background upgrade has finished.
+func writeKV(ctx context.Context, c *api.Client, rec map[string]interface{}) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := c.Logical().WriteWithContext(ctx, "secret/data/bench", map[string]interface{}{"data": rec})
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("write secret/data/bench: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (t target) targeter(srv *testvault.Server) vegeta.Targeter {
+	return vegeta.NewStaticTargeter(vegeta.Target{
+		Method: t.Method,
+		URL:    srv.Addr + "/v1/" + t.Path,
+		Body:   t.body,
+		Header: http.Header{"X-Vault-Token": {srv.Token}},
+	})
+}
+
+// probe sends one request of the target and fails with its answer unless
+// the answer is the one the load test counts as success.
+func probe(ctx context.Context, client *http.Client, srv *testvault.Server, t target) error {
+	var tgt vegeta.Target
+	if err := t.targeter(srv)(&tgt); err != nil {
+		return fmt.Errorf("%s: %w", t.Name, err)
+	}
+	req, err := tgt.Request()
+	if err != nil {
+		return fmt.Errorf("%s: %w", t.Name, err)
+	}
+	resp, err := client.Do(req.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("%s: %w", t.Name, err)
+	}
+	defer resp.Body.Close()
+	var body bytes.Buffer
+	if _, err := body.ReadFrom(resp.Body); err != nil {
+		return fmt.Errorf("%s: read answer: %w", t.Name, err)
+	}
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(body.Bytes(), t.want) {
+		return fmt.Errorf("%s %s /v1/%s: want HTTP 200 with %s, got HTTP %d: %s",
+			t.Name, t.Method, t.Path, t.want, resp.StatusCode, truncate(body.String(), 500))
+	}
+	return nil
+}
+
+// attack runs the target at the highest rate the workers sustain: Freq 0
+// means "no pacing", and MaxWorkers = Workers keeps the concurrency fixed so
+// that every target is measured at the same load.
+func attack(ctx context.Context, client *http.Client, srv *testvault.Server, t target, workers int, d time.Duration) (roundResult, error) {
+	a := vegeta.NewAttacker(
+		vegeta.Client(client),
+		vegeta.Workers(uint64(workers)),
+		vegeta.MaxWorkers(uint64(workers)),
+	)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+			a.Stop()
+		case <-done:
+		}
+	}()
+
+	var m vegeta.Metrics
+	var res roundResult
+	for r := range a.Attack(t.targeter(srv), vegeta.Rate{Freq: 0}, d, t.Name) {
+		m.Add(r)
+		if r.Error == "" && r.Code == http.StatusOK && bytes.Contains(r.Body, t.want) {
+			res.OK++
+			continue
+		}
+		res.Errors++
+		if res.FirstError == "" {
+			res.FirstError = fmt.Sprintf("HTTP %d %s: %s", r.Code, r.Error, truncate(string(r.Body), 300))
+		}
+	}
+	m.Close()
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	res.Requests = m.Requests
+	res.Elapsed = m.Duration + m.Wait
+	if s := res.Elapsed.Seconds(); s > 0 {
+		res.Throughput = float64(res.OK) / s
+	}
+	res.P50, res.P99 = m.Latencies.P50, m.Latencies.P99
+	res.Mean, res.Max = m.Latencies.Mean, m.Latencies.Max
+	res.MeanBytes = m.BytesIn.Mean
+	return res, nil
+}
+
+func summarize(t target, rounds []roundResult) targetReport {
+	sorted := append([]roundResult(nil), rounds...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Throughput < sorted[j].Throughput })
+	tr := targetReport{target: t, Median: sorted[(len(sorted)-1)/2], Rounds: rounds}
+	var reqs, errs uint64
+	for _, r := range rounds {
+		reqs += r.Requests
+		errs += r.Errors
+	}
+	if reqs == 0 {
+		tr.ErrorRatio = 1 // no answer at all is as bad as all errors
+	} else {
+		tr.ErrorRatio = float64(errs) / float64(reqs)
+	}
+	return tr
+}
+
+func firstError(t targetReport) string {
+	for _, r := range t.Rounds {
+		if r.FirstError != "" {
+			return r.FirstError
+		}
+	}
+	return "no requests completed"
+}
+
+// ratio is 0 when there is nothing to divide by, since JSON cannot carry
+// the Inf or NaN a division would give.
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+func describeMachine(ctx context.Context, srv *testvault.Server) (machine, error) {
+	h, err := srv.Client.Sys().HealthWithContext(ctx)
+	if err != nil {
+		return machine{}, fmt.Errorf("vault health: %w", err)
+	}
+	m := machine{
+		CPUs:          runtime.NumCPU(),
+		OS:            runtime.GOOS,
+		Arch:          runtime.GOARCH,
+		GoVersion:     runtime.Version(),
+		VaultVersion:  h.Version,
+		PluginVersion: srv.PluginVersion,
+	}
+	// Best effort, Linux only: they help a reader judge the numbers, and
+	// their absence is no reason not to benchmark.
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			m.LoadAvg = strings.Join(f[:3], " ")
+		}
+	}
+	return m, nil
+}
+
+// commandLine is how to rerun this measurement; under "go run" os.Args[0]
+// is a temporary binary, so it is spelled as the go run command.
+func commandLine() string {
+	parts := []string{"go", "run", "./scripts/bench"}
+	for _, a := range os.Args[1:] {
+		if a == "" || strings.ContainsAny(a, " \t\"'$\\") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		parts = append(parts, a)
+	}
+	return strings.Join(parts, " ")
+}
+
+func printReport(w *os.File, rep *report) {
+	m := rep.Machine
+	cpu := fmt.Sprintf("%d CPUs", m.CPUs)
+	if m.CPUModel != "" {
+		cpu += " (" + m.CPUModel + ")"
+	}
+	fmt.Fprintf(w, "machine:  %s, %s/%s, %s", cpu, m.OS, m.Arch, m.GoVersion)
+	if m.LoadAvg != "" {
+		fmt.Fprintf(w, ", load avg %s at start", m.LoadAvg)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "vault:    %s dev server (in-memory storage), plugin %s\n", m.VaultVersion, m.PluginVersion)
+	fmt.Fprintf(w, "command:  %s\n", rep.Command)
+	fmt.Fprintf(w, "load:     %d workers at max rate, %s warmup + %s measured per target, %d round(s)",
+		rep.Workers, rep.Warmup, rep.Duration, rep.Rounds)
+	if rep.Rounds > 1 {
+		fmt.Fprint(w, ", median round by req/s")
+	}
+	fmt.Fprintln(w, "; load generator, Vault and plugin share the machine")
+	fmt.Fprintln(w)
+
+	// Numbers align right; the names are padded by hand to stay left-aligned.
+	width := len("target")
+	for _, t := range rep.Targets {
+		width = max(width, len(t.Name))
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "%-*s\trequests\treq/s\tp50\tp99\terrors\tsuccess\tresp bytes\t\n", width, "target")
+	for _, t := range rep.Targets {
+		r := t.Median
+		fmt.Fprintf(tw, "%-*s\t%d\t%.0f\t%s\t%s\t%d\t%.2f%%\t%.0f\t\n",
+			width, t.Name, r.Requests, r.Throughput, ms(r.P50), ms(r.P99), r.Errors, 100*r.success(), r.MeanBytes)
+	}
+	tw.Flush()
+	if rep.Rounds > 1 {
+		fmt.Fprintln(w)
+		for _, t := range rep.Targets {
+			rates := make([]string, len(t.Rounds))
+			for i, r := range t.Rounds {
+				rates[i] = fmt.Sprintf("%.0f", r.Throughput)
+			}
+			fmt.Fprintf(w, "%-13s req/s by round: %s\n", t.Name, strings.Join(rates, " "))
+		}
+	}
+	fmt.Fprintln(w)
+	for _, k := range []string{"verify/info req/s", "verify/info p99", "info/kv req/s", "verify/kv req/s"} {
+		fmt.Fprintf(w, "%-18s %.3f\n", k+":", rep.Ratios[k])
+	}
+	fmt.Fprintln(w)
+	for _, c := range rep.Checks {
+		verdict := "FAIL"
+		if c.Pass {
+			verdict = "PASS"
+		}
+		fmt.Fprintf(w, "%s: %s (%.3f)\n", c.Name, verdict, c.Ratio)
+	}
+}
+
+func ms(d time.Duration) string {
+	return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+}
+
+func truncate(s string, n int) string {
+	s = strings.TrimSpace(s)
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+func writeJSON(path string, rep *report) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
+}
