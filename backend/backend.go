@@ -77,6 +77,7 @@ func newBackend() *backend {
 			b.pathVerify(),
 			b.pathCreds(),
 			b.pathStaticKeys(),
+			b.pathOnboard(),
 			b.pathKeys(),
 			b.pathRoles(),
 			b.pathTenants(),

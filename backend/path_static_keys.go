@@ -192,7 +192,7 @@ func staticKeyInfo(e *staticKeyEntry, now time.Time) map[string]interface{} {
 		// only when its data has rotation_period, so it is always present: for
 		// a schedule it is the interval between the current firings.
 		"rotation_period":         int64(e.interval(now).Seconds()),
-		"last_rotated":            e.LastRotated.Format(time.RFC3339),
+		"last_rotated":            e.LastRotated.Format(time.RFC3339Nano),
 		"previous_key_expires_at": prevExpires,
 	}
 	if e.RotationSchedule != "" {
