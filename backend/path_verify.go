@@ -41,8 +41,7 @@ func verifyFields() map[string]*framework.FieldSchema {
 	return map[string]*framework.FieldSchema{
 		"api_key": {
 			Type:        framework.TypeString,
-			Description: "The API key presented by the client.",
-			Required:    true,
+			Description: "The API key presented by the client (POST). On GET it comes in the X-Api-Key header instead.",
 		},
 		"required_scopes": {
 			Type:        framework.TypeCommaStringSlice,
@@ -80,6 +79,11 @@ func (b *backend) pathVerify() []*framework.Path {
 					Summary:      "Check an API key.",
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "verify", OperationSuffix: "key"},
 				},
+				logical.ReadOperation: &framework.PathOperation{
+					Callback:     b.pathVerifyRead,
+					Summary:      "Check an API key sent in the X-Api-Key header (mount tuned with passthrough_request_headers=X-Api-Key).",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "verify", OperationSuffix: "key-from-header"},
+				},
 			},
 			HelpSynopsis:    pathVerifyHelpSyn,
 			HelpDescription: pathVerifyHelpDesc,
@@ -96,6 +100,11 @@ func (b *backend) pathVerify() []*framework.Path {
 					Summary:      "Check an API key of one tenant.",
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "verify", OperationSuffix: "tenant-key"},
 				},
+				logical.ReadOperation: &framework.PathOperation{
+					Callback:     b.pathVerifyRead,
+					Summary:      "Check an API key of one tenant sent in the X-Api-Key header (mount tuned with passthrough_request_headers=X-Api-Key).",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "verify", OperationSuffix: "tenant-key-from-header"},
+				},
 			},
 			HelpSynopsis:    pathVerifyHelpSyn,
 			HelpDescription: pathVerifyHelpDesc,
@@ -103,10 +112,34 @@ func (b *backend) pathVerify() []*framework.Path {
 	}
 }
 
+// apiKeyHeader carries the key on a GET verify. Vault hands request headers
+// to a plugin only when the mount is tuned with
+// passthrough_request_headers=X-Api-Key.
+const apiKeyHeader = "X-Api-Key"
+
 func (b *backend) pathVerifyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	in := verifyInput{APIKey: d.Get("api_key").(string)}
+	return b.handleVerify(ctx, req, d, d.Get("api_key").(string))
+}
+
+// pathVerifyRead serves GET verify: one hop from Vault to the plugin instead
+// of two (Vault runs an existence check over gRPC before every write), and
+// the key arrives in the same header a gateway already forwards. The key is
+// never accepted in the URL, where proxies and access logs would keep it.
+func (b *backend) pathVerifyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if _, ok := req.Data["api_key"]; ok {
+		return logical.ErrorResponse("api_key must not be sent in the URL: use the %s header or a POST body", apiKeyHeader), nil
+	}
+	var key string
+	if v := req.Headers[apiKeyHeader]; len(v) > 0 {
+		key = v[0]
+	}
+	return b.handleVerify(ctx, req, d, key)
+}
+
+func (b *backend) handleVerify(ctx context.Context, req *logical.Request, d *framework.FieldData, key string) (*logical.Response, error) {
+	in := verifyInput{APIKey: key}
 	if in.APIKey == "" {
-		return logical.ErrorResponse("missing api_key"), nil
+		return logical.ErrorResponse("missing api_key (POST body field, or the %s header on GET)", apiKeyHeader), nil
 	}
 	if t := d.Get("tenant").(string); t != "" {
 		if err := validateName("tenant", t); err != nil {
@@ -228,4 +261,13 @@ says valid (true/false) and a code:
 tenants/<tenant>/verify answers only for that tenant's keys: give gateways of
 one tenant that path and they can learn nothing of other tenants. Verify never
 writes storage, so it runs on standby nodes too.
+
+POST (vault write) takes api_key in the body. GET (vault read) takes the key
+in the X-Api-Key header and the other fields as query parameters; it saves
+the existence-check round trip Vault makes to the plugin before every write.
+Tune the mount once for it:
+
+  vault secrets tune -passthrough-request-headers=X-Api-Key apikeys/
+
+A key in the URL (?api_key=) is refused: URLs end up in access logs.
 `

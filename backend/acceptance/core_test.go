@@ -527,3 +527,53 @@ func TestListsAndReads(t *testing.T) {
 		t.Fatalf("tenant: %v", tn.Data)
 	}
 }
+
+func TestVerifyOverGETWithKeyInHeader(t *testing.T) {
+	e := newEngine(t)
+	e.acme()
+	e.tenant("globex", nil)
+	e.cli(nil, "secrets", "tune", "-passthrough-request-headers=X-Api-Key", e.mount+"/")
+	k := e.issue("acme", "web", nil)
+	get := func(path, key string) (int, map[string]interface{}) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, srv.Addr+"/v1/"+e.path(path), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("X-Vault-Token", srv.Token)
+		if key != "" {
+			req.Header.Set("X-Api-Key", key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Data   map[string]interface{} `json:"data"`
+			Errors []string               `json:"errors"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatal(err)
+		}
+		if body.Data == nil {
+			body.Data = map[string]interface{}{"errors": strings.Join(body.Errors, ";")}
+		}
+		return resp.StatusCode, body.Data
+	}
+	if st, d := get("verify?required_scopes=read", k.key); st != 200 || d["code"] != "VALID" || d["key_id"] != k.id {
+		t.Fatalf("GET verify: %d %v", st, d)
+	}
+	if st, d := get("verify?required_scopes=admin", k.key); st != 200 || d["code"] != "INSUFFICIENT_SCOPE" {
+		t.Fatalf("GET verify without scope: %d %v", st, d)
+	}
+	if st, d := get("tenants/globex/verify", k.key); st != 200 || d["code"] != "NOT_FOUND" {
+		t.Fatalf("GET verify on another tenant: %d %v", st, d)
+	}
+	if st, d := get("verify", ""); st != 400 || !strings.Contains(d["errors"].(string), "X-Api-Key") {
+		t.Fatalf("GET verify without a key: %d %v", st, d)
+	}
+	if st, d := get("verify?api_key="+k.key, ""); st != 400 || !strings.Contains(d["errors"].(string), "URL") {
+		t.Fatalf("GET verify with the key in the URL: %d %v", st, d)
+	}
+}
