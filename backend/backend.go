@@ -33,12 +33,25 @@ type backend struct {
 	// Invalidate of the same key, so a fill can never resurrect a key.
 	hashLocks []*locksutil.LockEntry
 
-	cache     *verifyCache
+	cache *verifyCache
+	known knownHashes
+	// storage is the mount's storage, for background work not tied to a
+	// request.
+	storage   logical.Storage
 	limiter   *rateLimiter
 	rotations *rotationEngine
 
 	pepperMu sync.RWMutex
 	hasher   *hasherState
+
+	tidy   tidyState
+	tidyWG sync.WaitGroup
+	// stopCtx ends background work (tidy) when the backend is cleaned up.
+	stopCtx context.Context
+	stop    context.CancelFunc
+
+	// config is the mount config as the tenant guard reads it.
+	config configCache
 }
 
 // Factory is the plugin's backend factory.
@@ -47,6 +60,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 	if err := b.Setup(ctx, conf); err != nil {
 		return nil, fmt.Errorf("set up backend: %w", err)
 	}
+	b.storage = conf.StorageView
 	return b, nil
 }
 
@@ -58,6 +72,7 @@ func newBackend() *backend {
 		limiter:     newRateLimiter(),
 		rotations:   newRotationEngine(),
 	}
+	b.stopCtx, b.stop = context.WithCancel(context.Background())
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -73,6 +88,7 @@ func newBackend() *backend {
 		},
 		Paths: framework.PathAppend(
 			b.pathInfo(),
+			b.pathTidy(),
 			b.pathConfig(),
 			b.pathVerify(),
 			b.pathCreds(),
@@ -86,10 +102,12 @@ func newBackend() *backend {
 			b.secretAPIKey(),
 		},
 		InitializeFunc: b.initialize,
+		PeriodicFunc:   b.periodic,
 		Invalidate:     b.invalidate,
 		Clean:          b.clean,
 		RunningVersion: Version,
 	}
+	b.Backend.Paths = b.guardTenantPaths(b.Backend.Paths)
 	return b
 }
 
@@ -99,6 +117,8 @@ func (b *backend) invalidate(ctx context.Context, key string) {
 	switch {
 	case key == pepperPath:
 		b.resetHasher()
+	case key == configPath:
+		b.forgetConfig()
 	case strings.HasPrefix(key, tenantPrefix):
 		b.forgetTenant(strings.TrimPrefix(key, tenantPrefix))
 	case strings.HasPrefix(key, hashPrefix):
@@ -108,9 +128,19 @@ func (b *backend) invalidate(ctx context.Context, key string) {
 
 func (b *backend) clean(ctx context.Context) {
 	b.rotations.stop()
+	b.stop()
+	b.tidyWG.Wait()
 	b.cache.reset()
+	b.known.reset()
 	b.limiter.reset()
 	b.resetHasher()
+}
+
+// periodic runs about once a minute on every node (Vault's rollback
+// manager); each task decides whether it belongs on this node.
+func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
+	b.periodicTidy(req)
+	return nil
 }
 
 const backendHelp = `

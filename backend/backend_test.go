@@ -22,12 +22,14 @@ type countingStorage struct {
 	// failAt makes the failAt-th write (Put or Delete) since reset and every
 	// later one fail: the process "crashed" at that write.
 	failAt, writeN int
+	// failOnce fails only the failAt-th write: a storage hiccup, not a crash.
+	failOnce bool
 }
 
 // failWrite counts a write and says whether it must fail. Caller holds mu.
 func (s *countingStorage) failWrite() bool {
 	s.writeN++
-	return s.failAt > 0 && s.writeN >= s.failAt
+	return s.failAt > 0 && (s.writeN == s.failAt || (!s.failOnce && s.writeN > s.failAt))
 }
 
 var errInjected = errors.New("injected storage failure")

@@ -76,6 +76,10 @@ func (b *backend) lookupKey(ctx context.Context, s logical.Storage, h [32]byte) 
 	if k := b.cache.getKey(h); k != nil {
 		return k, nil
 	}
+	if b.known.absent(h) {
+		return nil, nil
+	}
+	b.ensureKnownLoaded()
 	hx := hex.EncodeToString(h[:])
 	lock := b.hashLock(hx)
 	lock.RLock()
@@ -84,8 +88,13 @@ func (b *backend) lookupKey(ctx context.Context, s logical.Storage, h [32]byte) 
 		return k, nil
 	}
 	e, err := readKeyRecord(ctx, s, hx)
-	if err != nil || e == nil {
+	if err != nil {
 		return nil, err
+	}
+	if e == nil {
+		// Holding the hash lock: no write of this hash can interleave.
+		b.known.remove(h)
+		return nil, nil
 	}
 	k, err := newCachedKey(e, h)
 	if err != nil {
@@ -124,6 +133,8 @@ func (b *backend) forgetKey(hashHex string) {
 	lock := b.hashLock(hashHex)
 	lock.Lock()
 	b.cache.deleteKey(h)
+	// Created or deleted elsewhere: it may exist now.
+	b.known.add(h)
 	lock.Unlock()
 }
 

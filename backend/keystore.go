@@ -225,6 +225,8 @@ func (b *backend) putKeyRecordLocked(ctx context.Context, s logical.Storage, e *
 	if err != nil {
 		return fmt.Errorf("encode key record: %w", err)
 	}
+	// Known before it is stored, so no verify can take it for absent.
+	b.known.add(hash)
 	if err := s.Put(ctx, entry); err != nil {
 		// The write may or may not have landed: let verify read the truth.
 		b.cache.deleteKey(hash)
@@ -257,6 +259,9 @@ func (b *backend) revokeKeyByHash(ctx context.Context, s logical.Storage, tenant
 	// then reads storage, which is the truth either way.
 	if h, ok := parseHash(hashHex); ok {
 		b.cache.deleteKey(h)
+		if err == nil {
+			b.known.remove(h)
+		}
 	}
 	lock.Unlock()
 	if err != nil {

@@ -25,6 +25,10 @@ type mountConfig struct {
 	DefaultTTL    time.Duration `json:"default_ttl"`
 	MaxTTL        time.Duration `json:"max_ttl"`
 	ExpiryWarning time.Duration `json:"expiry_warning"`
+	// EnforceEntityTenant and PlatformAdminGroups drive the tenant guard
+	// (tenant_guard.go).
+	EnforceEntityTenant bool     `json:"enforce_entity_tenant"`
+	PlatformAdminGroups []string `json:"platform_admin_groups"`
 }
 
 func defaultConfig() *mountConfig {
@@ -55,6 +59,17 @@ func (b *backend) pathConfig() []*framework.Path {
 				Type:        framework.TypeDurationSecond,
 				Description: "How long before a key expires it counts as expiring (notifications, usage reports).",
 				Default:     int(defaultExpiryWarning.Seconds()),
+			},
+			"enforce_entity_tenant": {
+				Type: framework.TypeBool,
+				Description: "Defence in depth behind the policies: when true, every tenants/<tenant> path answers 403 unless the caller's identity entity has metadata tenant=<tenant> " +
+					"(on the entity, or as metadata or custom_metadata of one of its aliases, e.g. a JWT claim mapped by claim_mappings), compared exactly, " +
+					"or is a member of one of platform_admin_groups. Requests with no entity (root tokens, tokens made directly by the token store) are denied too: " +
+					"root can still change this setting. Default false.",
+			},
+			"platform_admin_groups": {
+				Type:        framework.TypeCommaStringSlice,
+				Description: "Names of Vault identity groups whose member entities may use every tenant's paths while enforce_entity_tenant is on (platform administrators).",
 			},
 		},
 		ExistenceCheck: b.configExists,
@@ -117,10 +132,17 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"default_ttl":    int64(cfg.DefaultTTL.Seconds()),
 		"max_ttl":        int64(cfg.MaxTTL.Seconds()),
 		"expiry_warning": int64(cfg.ExpiryWarning.Seconds()),
+
+		"enforce_entity_tenant": cfg.EnforceEntityTenant,
+		"platform_admin_groups": nonNilSlice(cfg.PlatformAdminGroups),
 	}}, nil
 }
 
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	// Held to the end: the tenant guard's cached copy changes together with
+	// storage, so it is never older than the last write.
+	b.config.mu.Lock()
+	defer b.config.mu.Unlock()
 	cfg, err := readConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
@@ -153,6 +175,17 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		}
 		*f.dst = time.Duration(v.(int)) * time.Second
 	}
+	if v, ok, err := d.GetOkErr("enforce_entity_tenant"); err != nil {
+		return fieldError("enforce_entity_tenant", err), nil
+	} else if ok {
+		cfg.EnforceEntityTenant = v.(bool)
+	}
+	if v, ok, err := d.GetOkErr("platform_admin_groups"); err != nil {
+		return fieldError("platform_admin_groups", err), nil
+	} else if ok {
+		// An empty value clears the list.
+		cfg.PlatformAdminGroups = uniqueSorted(v.([]string))
+	}
 	if cfg.MaxTTL > 0 && cfg.DefaultTTL > cfg.MaxTTL {
 		return logical.ErrorResponse("default_ttl (%s) must not exceed max_ttl (%s)", cfg.DefaultTTL, cfg.MaxTTL), nil
 	}
@@ -164,6 +197,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err := req.Storage.Put(ctx, entry); err != nil {
 		return nil, fmt.Errorf("write config: %w", err)
 	}
+	b.config.cur.Store(cfg)
 	return nil, nil
 }
 
@@ -183,6 +217,14 @@ Mount-wide settings:
   default_ttl     TTL of issued keys when the role and tenant set none
   max_ttl         upper bound on every key's TTL on this mount
   expiry_warning  window before expiry in which a key counts as expiring
+
+  enforce_entity_tenant  when true, tenants/<tenant> paths also check that
+                  the caller's identity entity carries metadata
+                  tenant=<tenant> (entity or alias metadata), or is in one
+                  of platform_admin_groups; anything else, including root
+                  and other tokens without an entity, gets 403
+  platform_admin_groups  identity groups whose members pass that check for
+                  every tenant
 
 TTLs are further capped by the mount's tuned max lease TTL. Reading the
 configuration never returns secret material: the HMAC pepper that protects

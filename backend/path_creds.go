@@ -190,7 +190,7 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 		return nil, err
 	}
 
-	resp = b.Secret(secretAPIKeyType).Response(map[string]interface{}{
+	data := map[string]interface{}{
 		"api_key":     apiKey,
 		"key_id":      id,
 		"tenant":      tenant,
@@ -200,7 +200,12 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 		"environment": r.Environment,
 		"metadata":    md,
 		"expires_at":  e.ExpiresAt.Format(time.RFC3339),
-	}, map[string]interface{}{
+	}
+	if r.NotLeased {
+		data["ttl"] = int64(keyTTL.Seconds())
+		return &logical.Response{Data: data}, nil
+	}
+	resp = b.Secret(secretAPIKeyType).Response(data, map[string]interface{}{
 		"tenant":  tenant,
 		"role":    roleName,
 		"key_id":  id,

@@ -28,8 +28,10 @@ type roleEntry struct {
 	RateLimit       int               `json:"rate_limit"`
 	RateLimitPeriod time.Duration     `json:"rate_limit_period"`
 	Metadata        map[string]string `json:"metadata"`
-	CreatedAt       time.Time         `json:"created_at"`
-	UpdatedAt       time.Time         `json:"updated_at"`
+	// NotLeased keys get no Vault lease (see the leased field).
+	NotLeased bool      `json:"not_leased,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 func (b *backend) pathRoles() []*framework.Path {
@@ -93,6 +95,11 @@ func (b *backend) pathRoles() []*framework.Path {
 				"metadata": {
 					Type:        framework.TypeKVPairs,
 					Description: "Key/value metadata copied into every key issued from this role.",
+				},
+				"leased": {
+					Type:        framework.TypeBool,
+					Description: "Whether issued keys get a Vault lease (default true). Keys without a lease cost Vault nothing per key, which matters at millions of keys, but die only through the plugin: revoke them with tenants/<tenant>/keys/<key_id>; once expired they verify as EXPIRED and tidy removes them. vault lease revoke and token revocation do not reach them.",
+					Default:     true,
 				},
 			},
 			ExistenceCheck: b.roleExists,
@@ -193,6 +200,7 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 		"rate_limit":        r.RateLimit,
 		"rate_limit_period": int64(r.RateLimitPeriod.Seconds()),
 		"metadata":          nonNilMap(r.Metadata),
+		"leased":            !r.NotLeased,
 		"created_at":        r.CreatedAt.Format(time.RFC3339),
 		"updated_at":        r.UpdatedAt.Format(time.RFC3339),
 	}}, nil
@@ -280,6 +288,11 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		return fieldError("metadata", err), nil
 	} else if ok {
 		r.Metadata = v.(map[string]string)
+	}
+	if v, ok, err := d.GetOkErr("leased"); err != nil {
+		return fieldError("leased", err), nil
+	} else if ok {
+		r.NotLeased = !v.(bool)
 	}
 	r.UpdatedAt = now
 

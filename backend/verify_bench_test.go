@@ -131,3 +131,29 @@ func BenchmarkVerifyMalformed(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkVerifyHitVsMiss compares a warm hit with a miss (a well-formed,
+// never-issued key, as in a brute-force attempt) once the mount's hashes
+// are known: the two should cost about the same.
+func BenchmarkVerifyHitVsMiss(bb *testing.B) {
+	m := benchPopulation(bb, 10_000)
+	ctx := context.Background()
+	misses := make([]string, 1000)
+	for i := range misses {
+		misses[i] = regenerate(bb, m.keys[0])
+	}
+	m.b.verify(ctx, m.s, &verifyInput{APIKey: misses[0]}, time.Now())
+	waitKnownLoaded(bb, m.b)
+	for name, keys := range map[string][]string{"hit": m.keys, "miss": misses} {
+		bb.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			now := time.Now()
+			for i := 0; i < b.N; i++ {
+				out, err := m.b.verify(ctx, m.s, &verifyInput{APIKey: keys[i%len(keys)]}, now)
+				if err != nil || (name == "hit") != (out.Code == codeValid) {
+					b.Fatalf("%v %s", err, out.Code)
+				}
+			}
+		})
+	}
+}

@@ -43,6 +43,7 @@ import (
 	"github.com/hashicorp/vault/api"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
 )
 
@@ -132,15 +133,18 @@ type check struct {
 }
 
 type report struct {
-	Machine  machine            `json:"machine"`
-	Command  string             `json:"command"`
-	Workers  int                `json:"workers"`
-	Duration string             `json:"duration"`
-	Warmup   string             `json:"warmup"`
-	Rounds   int                `json:"rounds"`
-	Targets  []targetReport     `json:"targets"`
-	Ratios   map[string]float64 `json:"ratios"`
-	Checks   []check            `json:"checks"`
+	Machine  machine        `json:"machine"`
+	Command  string         `json:"command"`
+	Workers  int            `json:"workers"`
+	Duration string         `json:"duration"`
+	Warmup   string         `json:"warmup"`
+	Rounds   int            `json:"rounds"`
+	Targets  []targetReport `json:"targets"`
+	// MissMinusHitP50 is verify's p50 on a never-issued key minus on a
+	// valid one (GET): the brute-force cost difference.
+	MissMinusHitP50 string             `json:"miss_minus_hit_p50"`
+	Ratios          map[string]float64 `json:"ratios"`
+	Checks          []check            `json:"checks"`
 }
 
 func main() {
@@ -273,6 +277,8 @@ func bench(ctx context.Context, cfg config, logger *log.Logger) (*report, error)
 	rep.Ratios["verify GET/info req/s"] = ratio(verifyGet.Throughput, info.Throughput)
 	rep.Ratios["verify GET/info p99"] = ratio(float64(verifyGet.P99), float64(info.P99))
 	rep.Ratios["info/kv req/s"] = ratio(info.Throughput, kv.Throughput)
+	miss := rep.Targets[5].Median
+	rep.MissMinusHitP50 = (miss.P50 - verifyGet.P50).String()
 	rep.Ratios["verify/kv req/s"] = ratio(verify.Throughput, kv.Throughput)
 	// POST verify pays a second plugin round trip (Vault's existence check
 	// before every write) that GET info does not; GET verify does not.
@@ -355,6 +361,9 @@ func setup(ctx context.Context, srv *testvault.Server, logger *log.Logger) ([]ta
 		{Name: "kv-v2 read", Method: http.MethodGet, Path: "secret/data/bench", want: []byte(`"key_id"`)},
 		{Name: "token lookup", Method: http.MethodPost, Path: "auth/token/lookup", body: lookupBody, want: []byte(`"policies"`)},
 		{Name: "verify GET", Method: http.MethodGet, Path: mount + "/verify", apiKey: key, want: []byte(`"code":"VALID"`)},
+		// A well-formed key that was never issued: what a brute-force guess
+		// costs, next to the hit above.
+		{Name: "verify GET miss", Method: http.MethodGet, Path: mount + "/verify", apiKey: neverIssued(key), want: []byte(`"code":"NOT_FOUND"`)},
 	}, nil
 }
 
@@ -641,6 +650,7 @@ func printReport(w *os.File, rep *report) {
 	for _, k := range []string{"verify/info req/s", "verify/info p99", "verify GET/info req/s", "verify GET/info p99", "info/kv req/s", "verify/kv req/s"} {
 		fmt.Fprintf(w, "%-22s %.3f\n", k+":", rep.Ratios[k])
 	}
+	fmt.Fprintf(w, "%-22s %s\n", "miss - hit p50:", rep.MissMinusHitP50)
 	fmt.Fprintln(w)
 	for _, c := range rep.Checks {
 		verdict := "FAIL"
@@ -672,4 +682,15 @@ func writeJSON(path string, rep *report) error {
 		return fmt.Errorf("write results: %w", err)
 	}
 	return nil
+}
+
+// neverIssued derives a key of the same prefix and environment that has a
+// valid checksum but was never issued, so verify must look it up.
+func neverIssued(key string) string {
+	i := strings.LastIndexByte(key, '_')
+	k, err := keyformat.Generate(key[:strings.IndexByte(key, '_')], key[strings.IndexByte(key, '_')+1:i])
+	if err != nil {
+		panic(err)
+	}
+	return k
 }

@@ -1,0 +1,88 @@
+package backend
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func waitKnownLoaded(t testing.TB, b *backend) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b.known.mu.RLock()
+		st := b.known.state
+		b.known.mu.RUnlock()
+		if st == knownLoaded {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("known hashes never loaded")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestUnknownKeyCostsNoStorageRead(t *testing.T) {
+	b, s := newTestBackend(t)
+	key, _, _ := setupAcme(t, b, s)
+	guess := regenerate(t, key)
+	b.code(t, s, verifyInput{APIKey: guess}, time.Now()) // starts the listing
+	waitKnownLoaded(t, b)
+	s.reset()
+	for i := 0; i < 3; i++ {
+		if c := b.code(t, s, verifyInput{APIKey: regenerate(t, key)}, time.Now()); c != codeNotFound {
+			t.Fatal(c)
+		}
+	}
+	if s.gets != 0 {
+		t.Fatalf("unknown keys cost %d storage reads", s.gets)
+	}
+	// Issued after the listing: known at once.
+	fresh := b.do(t, s, logical.ReadOperation, "tenants/acme/creds/web", nil).Data["api_key"].(string)
+	b.cache.reset() // cold cache: the set alone must not hide it
+	if c := b.code(t, s, verifyInput{APIKey: fresh}, time.Now()); c != codeValid {
+		t.Fatalf("key issued after the listing: %s", c)
+	}
+}
+
+// TestStandbyNeverTakesANewKeyForAbsent: a key created on the active node
+// after the standby listed its hashes must verify on the standby once the
+// Invalidate for its record arrives.
+func TestStandbyNeverTakesANewKeyForAbsent(t *testing.T) {
+	active, s := newTestBackend(t)
+	standby, _ := newTestBackendOn(t, s)
+	key, _, _ := setupAcme(t, active, s)
+	standby.code(t, s, verifyInput{APIKey: regenerate(t, key)}, time.Now())
+	waitKnownLoaded(t, standby)
+
+	s.reset()
+	fresh := active.do(t, s, logical.ReadOperation, "tenants/acme/creds/web", nil).Data["api_key"].(string)
+	for _, k := range s.putKeys {
+		standby.Invalidate(context.Background(), k)
+	}
+	if c := standby.code(t, s, verifyInput{APIKey: fresh}, time.Now()); c != codeValid {
+		t.Fatalf("standby after Invalidate: %s", c)
+	}
+}
+
+func TestChangesDuringLoadingAreKept(t *testing.T) {
+	var k knownHashes
+	k.state = knownLoading
+	var a, b [32]byte
+	a[0], b[0] = 1, 2
+	k.add(a)
+	k.remove(b)
+	if k.absent(a) {
+		t.Fatal("absent while loading")
+	}
+	// The listing (which saw b but not a) finishes after the changes.
+	if !k.finish(map[[32]byte]struct{}{b: {}}) {
+		t.Fatal("finish refused")
+	}
+	if k.absent(a) || !k.absent(b) {
+		t.Fatalf("after load: a absent=%v b absent=%v", k.absent(a), k.absent(b))
+	}
+}

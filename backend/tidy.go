@@ -1,0 +1,313 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+const (
+	defaultTidyBatch        = 500
+	defaultTidySafetyBuffer = 0
+	// tidyInterval is how often the active node tidies on its own.
+	tidyInterval = time.Hour
+)
+
+// tidyStatus is the report of the last (or running) tidy.
+type tidyStatus struct {
+	State          string    `json:"state"`
+	Trigger        string    `json:"trigger"`
+	StartedAt      time.Time `json:"started_at"`
+	FinishedAt     time.Time `json:"finished_at"`
+	KeysChecked    int       `json:"keys_checked"`
+	ExpiredRemoved int       `json:"expired_removed"`
+	OrphansRemoved int       `json:"orphans_removed"`
+	Error          string    `json:"error"`
+}
+
+type tidyState struct {
+	mu      sync.Mutex
+	running bool
+	status  tidyStatus
+	lastRun time.Time
+}
+
+func (b *backend) pathTidy() []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern:      "tidy/status$",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback:     b.pathTidyStatusRead,
+					Summary:      "Report the last tidy run.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "tidy-status"},
+				},
+			},
+			HelpSynopsis:    pathTidyStatusHelpSyn,
+			HelpDescription: pathTidyStatusHelpDesc,
+		},
+		{
+			Pattern:      "tidy$",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
+			Fields: map[string]*framework.FieldSchema{
+				"safety_buffer": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Keep expired keys this long past their expiry (they verify as EXPIRED meanwhile) before removing them.",
+					Default:     defaultTidySafetyBuffer,
+				},
+				"batch_size": {
+					Type:        framework.TypeInt,
+					Description: "Keys examined per batch; the tidy yields between batches so it never holds locks or storage long.",
+					Default:     defaultTidyBatch,
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:                  b.pathTidyWrite,
+					Summary:                   "Remove expired keys and orphaned records, in the background.",
+					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "tidy"},
+					ForwardPerformanceStandby: true,
+				},
+			},
+			HelpSynopsis:    pathTidyHelpSyn,
+			HelpDescription: pathTidyHelpDesc,
+		},
+	}
+}
+
+func (b *backend) pathTidyWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	for _, f := range []string{"safety_buffer", "batch_size"} {
+		if _, _, err := d.GetOkErr(f); err != nil {
+			return fieldError(f, err), nil
+		}
+	}
+	buf := d.Get("safety_buffer").(int)
+	batch := d.Get("batch_size").(int)
+	if batch < 1 || batch > 100_000 {
+		return logical.ErrorResponse("batch_size must be between 1 and 100000"), nil
+	}
+	if buf < 0 {
+		return logical.ErrorResponse("safety_buffer must not be negative"), nil
+	}
+	if !b.startTidy(req.Storage, "manual", time.Duration(buf)*time.Second, batch) {
+		return logical.ErrorResponse("a tidy is already running; see tidy/status"), nil
+	}
+	resp := &logical.Response{}
+	resp.AddWarning("Tidy started in the background; read tidy/status for its progress.")
+	return logical.RespondWithStatusCode(resp, req, 202)
+}
+
+func (b *backend) pathTidyStatusRead(context.Context, *logical.Request, *framework.FieldData) (*logical.Response, error) {
+	b.tidy.mu.Lock()
+	st := b.tidy.status
+	b.tidy.mu.Unlock()
+	if st.State == "" {
+		return &logical.Response{Data: map[string]interface{}{"state": "never_run"}}, nil
+	}
+	var finished interface{}
+	if !st.FinishedAt.IsZero() {
+		finished = st.FinishedAt.Format(time.RFC3339)
+	}
+	return &logical.Response{Data: map[string]interface{}{
+		"state":           st.State,
+		"trigger":         st.Trigger,
+		"started_at":      st.StartedAt.Format(time.RFC3339),
+		"finished_at":     finished,
+		"keys_checked":    st.KeysChecked,
+		"expired_removed": st.ExpiredRemoved,
+		"orphans_removed": st.OrphansRemoved,
+		"error":           st.Error,
+	}}, nil
+}
+
+// startTidy runs one tidy in the background unless one is running. The
+// tidy has its own context: it must outlive the request that started it.
+func (b *backend) startTidy(s logical.Storage, trigger string, buffer time.Duration, batch int) bool {
+	b.tidy.mu.Lock()
+	if b.tidy.running {
+		b.tidy.mu.Unlock()
+		return false
+	}
+	b.tidy.running = true
+	b.tidy.lastRun = time.Now()
+	b.tidy.status = tidyStatus{State: "running", Trigger: trigger, StartedAt: time.Now().UTC()}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.tidy.mu.Unlock()
+
+	b.tidyWG.Add(1)
+	go func() {
+		defer b.tidyWG.Done()
+		defer cancel()
+		stop := context.AfterFunc(b.stopCtx, cancel)
+		defer stop()
+		err := b.runTidy(ctx, s, buffer, batch, time.Now)
+		b.tidy.mu.Lock()
+		defer b.tidy.mu.Unlock()
+		b.tidy.running = false
+		b.tidy.status.FinishedAt = time.Now().UTC()
+		b.tidy.status.State = "finished"
+		if err != nil {
+			b.tidy.status.State, b.tidy.status.Error = "error", err.Error()
+			b.Logger().Error("tidy failed", "error", err)
+			return
+		}
+		b.Logger().Info("tidy finished", "keys_checked", b.tidy.status.KeysChecked,
+			"expired_removed", b.tidy.status.ExpiredRemoved, "orphans_removed", b.tidy.status.OrphansRemoved)
+	}()
+	return true
+}
+
+// periodicTidy starts a tidy on the active node once per tidyInterval.
+func (b *backend) periodicTidy(req *logical.Request) {
+	if !b.WriteSafeReplicationState() {
+		return
+	}
+	b.tidy.mu.Lock()
+	due := time.Since(b.tidy.lastRun) >= tidyInterval
+	b.tidy.mu.Unlock()
+	if due {
+		b.startTidy(req.Storage, "periodic", defaultTidySafetyBuffer, defaultTidyBatch)
+	}
+}
+
+// runTidy walks every tenant's key index: an entry whose record is gone is
+// an orphan of an interrupted write and is removed; a key expired longer
+// than buffer ago is revoked (a lease that never got revoked, or a
+// non-leased key); a record that no index entry points at is removed too.
+// Work goes in batches with a pause between, so verify and issue never wait
+// on it long.
+func (b *backend) runTidy(ctx context.Context, s logical.Storage, buffer time.Duration, batch int, now func() time.Time) error {
+	tenants, err := s.List(ctx, keyStoragePrefix)
+	if err != nil {
+		return fmt.Errorf("list key index: %w", err)
+	}
+	indexed := make(map[string]bool)
+	n := 0
+	pause := func() error {
+		n++
+		if n%batch != 0 {
+			return ctx.Err()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+			return nil
+		}
+	}
+	for _, t := range tenants {
+		tenant := strings.TrimSuffix(t, "/")
+		ids, err := s.List(ctx, keyIndexPrefix(tenant))
+		if err != nil {
+			return fmt.Errorf("list keys of tenant %q: %w", tenant, err)
+		}
+		for _, id := range ids {
+			if err := pause(); err != nil {
+				return err
+			}
+			p, err := readKeyPointer(ctx, s, tenant, id)
+			if err != nil {
+				return err
+			}
+			b.tidyCount(func(st *tidyStatus) { st.KeysChecked++ })
+			if p == nil {
+				continue
+			}
+			rec, err := readKeyRecord(ctx, s, p.Hash)
+			if err != nil {
+				return err
+			}
+			switch {
+			case rec == nil:
+				if err := s.Delete(ctx, keyIndexPrefix(tenant)+id); err != nil {
+					return fmt.Errorf("delete orphaned index entry: %w", err)
+				}
+				b.tidyCount(func(st *tidyStatus) { st.OrphansRemoved++ })
+			case !rec.ExpiresAt.IsZero() && now().After(rec.ExpiresAt.Add(buffer)) && !b.isStaticCurrent(ctx, s, rec):
+				if err := b.revokeKeyByHash(ctx, s, tenant, id, p.Hash); err != nil {
+					return err
+				}
+				b.tidyCount(func(st *tidyStatus) { st.ExpiredRemoved++ })
+			default:
+				indexed[p.Hash] = true
+			}
+		}
+	}
+	hashes, err := s.List(ctx, hashPrefix)
+	if err != nil {
+		return fmt.Errorf("list key records: %w", err)
+	}
+	for _, h := range hashes {
+		if indexed[h] {
+			continue
+		}
+		if err := pause(); err != nil {
+			return err
+		}
+		// Look again under the lock: the key may have been issued since the
+		// index walk (record written after its index entry).
+		rec, err := readKeyRecord(ctx, s, h)
+		if err != nil {
+			return err
+		}
+		if rec == nil {
+			continue
+		}
+		if p, err := readKeyPointer(ctx, s, rec.Tenant, rec.KeyID); err != nil || p != nil {
+			continue
+		}
+		if err := b.revokeKeyByHash(ctx, s, rec.Tenant, rec.KeyID, h); err != nil {
+			return err
+		}
+		b.tidyCount(func(st *tidyStatus) { st.OrphansRemoved++ })
+	}
+	return nil
+}
+
+// isStaticCurrent keeps tidy away from a static key's current key; static
+// keys are the rotation engine's to manage.
+func (b *backend) isStaticCurrent(ctx context.Context, s logical.Storage, rec *keyEntry) bool {
+	if rec.Kind != kindStatic {
+		return false
+	}
+	e, err := readStaticKey(ctx, s, rec.Tenant, rec.Name)
+	return err != nil || (e != nil && e.CurrentID == rec.KeyID)
+}
+
+func (b *backend) tidyCount(f func(*tidyStatus)) {
+	b.tidy.mu.Lock()
+	f(&b.tidy.status)
+	b.tidy.mu.Unlock()
+}
+
+const pathTidyHelpSyn = `Remove expired keys and orphaned records.`
+
+const pathTidyHelpDesc = `
+Starts a tidy in the background (HTTP 202) and returns at once; read
+tidy/status for its progress and result. The tidy walks every tenant's keys
+and removes:
+
+  - keys expired longer than safety_buffer ago: leased keys whose lease
+    revocation never ran, and non-leased keys (roles with leased=false),
+    which rely on tidy to be removed once expired;
+  - index entries whose key record is gone, and key records no index entry
+    points at: leftovers of a write interrupted by a crash.
+
+It works in batches of batch_size with a pause between, and never touches
+the current key of a static key. The active node also runs it every hour.
+Any node may receive the request: performance standbys forward it.
+`
+
+const pathTidyStatusHelpSyn = `Report the last tidy run.`
+
+const pathTidyStatusHelpDesc = `
+state (running, finished, error or never_run), what started it (manual or
+periodic), when it started and finished, how many keys it checked and how
+many expired keys and orphaned records it removed, and the error if any.
+`
