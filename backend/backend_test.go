@@ -3,10 +3,12 @@ package backend
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 
+	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -97,6 +99,9 @@ func newTestBackendOn(t testing.TB, s *countingStorage) (*backend, *countingStor
 	t.Helper()
 	conf := logical.TestBackendConfig()
 	conf.StorageView = s
+	// Warnings and errors only: trace output would drown test and benchmark
+	// output.
+	conf.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})
 	lb, err := Factory(context.Background(), conf)
 	if err != nil {
 		t.Fatal(err)
