@@ -2,10 +2,13 @@
 #
 #   make dev    Vault dev server with the plugin mounted and bootstrapped
 #   make test   unit tests and integration tests against a real Vault
+#   make test-ha  failover test: a 3-node Raft cluster, active node killed under load
 #   make build  the plugin binary in bin/
 #   make lint   gofmt check, go vet, staticcheck
 #   make fmt    gofmt -w
 #   make bench  in-process benchmarks and a load test against a real Vault
+#   make fuzz   a bounded run of every fuzz target (FUZZTIME each)
+#   make dev-smoke  make dev started, queried and stopped, unattended (CI)
 
 MODULE      := github.com/vault-apikeys/vault-plugin-secrets-apikeys
 PLUGIN      := vault-plugin-secrets-apikeys
@@ -14,8 +17,10 @@ COMMIT      ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS     := -X $(MODULE)/backend.Version=$(VERSION) -X $(MODULE)/backend.Commit=$(COMMIT)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TEST_TIMEOUT ?= 25m
+FUZZTIME    ?= 30s
+BENCHTIME   ?= 1s
 
-.PHONY: build dev test lint fmt vault bench
+.PHONY: build dev test test-ha lint fmt vault bench fuzz dev-smoke
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
@@ -30,6 +35,11 @@ dev: build vault
 test: vault
 	go test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
+# Three Vault servers for about a minute, so `make test` skips it (the test
+# runs only with APIKEYS_HA=1); CI runs it after make test.
+test-ha: vault
+	APIKEYS_HA=1 go test -count=1 -timeout 10m ./backend/hatest/
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
@@ -43,5 +53,13 @@ fmt:
 # a real Vault (scripts/bench). BENCH_FLAGS passes flags to the load test,
 # e.g. make bench BENCH_FLAGS='-duration 30s -rounds 3 -json bench.json'.
 bench: vault
-	go test -run '^$$' -bench . -benchmem ./backend/...
+	go test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./backend/...
 	go run ./scripts/bench $(BENCH_FLAGS)
+
+# Fuzzing runs one target at a time: go test -fuzz takes a single package.
+fuzz:
+	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./backend/keyformat/
+	go test -run '^$$' -fuzz '^FuzzVerifyRequest$$' -fuzztime $(FUZZTIME) ./backend/
+
+dev-smoke: build vault
+	@PLUGIN_VERSION=$(VERSION) bash scripts/dev-smoke.sh

@@ -52,6 +52,9 @@ type backend struct {
 
 	// config is the mount config as the tenant guard reads it.
 	config configCache
+
+	// monitoring: usage counters, metrics, notifications (notifications.go).
+	*monitoring
 }
 
 // Factory is the plugin's backend factory.
@@ -73,6 +76,7 @@ func newBackend() *backend {
 		rotations:   newRotationEngine(),
 	}
 	b.stopCtx, b.stop = context.WithCancel(context.Background())
+	b.monitoring = newMonitoring(b)
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -81,6 +85,7 @@ func newBackend() *backend {
 				configPath,
 				pepperPath,
 				staticPrefix,
+				notifyTargetPrefix,
 			},
 			LocalStorage: []string{
 				framework.WALPrefix,
@@ -88,6 +93,9 @@ func newBackend() *backend {
 		},
 		Paths: framework.PathAppend(
 			b.pathInfo(),
+			b.pathMetrics(),
+			b.pathUsage(),
+			b.pathNotifications(),
 			b.pathTidy(),
 			b.pathConfig(),
 			b.pathVerify(),
@@ -101,7 +109,7 @@ func newBackend() *backend {
 		Secrets: []*framework.Secret{
 			b.secretAPIKey(),
 		},
-		InitializeFunc: b.initialize,
+		InitializeFunc: b.initializeAll,
 		PeriodicFunc:   b.periodic,
 		Invalidate:     b.invalidate,
 		Clean:          b.clean,
@@ -123,10 +131,17 @@ func (b *backend) invalidate(ctx context.Context, key string) {
 		b.forgetTenant(strings.TrimPrefix(key, tenantPrefix))
 	case strings.HasPrefix(key, hashPrefix):
 		b.forgetKey(strings.TrimPrefix(key, hashPrefix))
+	case strings.HasPrefix(key, notifyTargetPrefix):
+		b.forgetTargets()
+	case key == monitorConfigPath:
+		b.forgetMonitorConfig()
+	case strings.HasPrefix(key, usagePrefix):
+		b.usage.invalidate(strings.TrimPrefix(key, usagePrefix))
 	}
 }
 
 func (b *backend) clean(ctx context.Context) {
+	b.stopMonitoring(ctx)
 	b.rotations.stop()
 	b.stop()
 	b.tidyWG.Wait()
@@ -140,6 +155,7 @@ func (b *backend) clean(ctx context.Context) {
 // manager); each task decides whether it belongs on this node.
 func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	b.periodicTidy(req)
+	b.periodicMonitoring(ctx, req)
 	return nil
 }
 

@@ -38,3 +38,11 @@ func badChecksum(key string) string {
 	}
 	return key[:len(key)-1] + string(repl)
 }
+
+// coldCaches drops what verify has cached, as a restart would, without
+// stopping the backend's background work the way Clean does.
+func coldCaches(b *backend) {
+	b.cache.reset()
+	b.known.reset()
+	b.resetHasher()
+}

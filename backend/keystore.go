@@ -121,33 +121,11 @@ func (b *backend) hashLock(hashHex string) *locksutil.LockEntry {
 }
 
 func readKeyRecord(ctx context.Context, s logical.Storage, hashHex string) (*keyEntry, error) {
-	entry, err := s.Get(ctx, hashPrefix+hashHex)
-	if err != nil {
-		return nil, fmt.Errorf("read key record: %w", err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	k := &keyEntry{}
-	if err := entry.DecodeJSON(k); err != nil {
-		return nil, fmt.Errorf("decode key record: %w", err)
-	}
-	return k, nil
+	return getJSON[keyEntry](ctx, s, hashPrefix+hashHex, "key record")
 }
 
 func readKeyPointer(ctx context.Context, s logical.Storage, tenant, id string) (*keyPointer, error) {
-	entry, err := s.Get(ctx, keyIndexPrefix(tenant)+id)
-	if err != nil {
-		return nil, fmt.Errorf("read key %q of tenant %q: %w", id, tenant, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	p := &keyPointer{}
-	if err := entry.DecodeJSON(p); err != nil {
-		return nil, fmt.Errorf("decode key %q of tenant %q: %w", id, tenant, err)
-	}
-	return p, nil
+	return getJSON[keyPointer](ctx, s, keyIndexPrefix(tenant)+id, fmt.Sprintf("key %q of tenant %q", id, tenant))
 }
 
 // readTenantKey reads a key's record through its tenant's index, so a
@@ -271,5 +249,6 @@ func (b *backend) revokeKeyByHash(ctx context.Context, s logical.Storage, tenant
 		return fmt.Errorf("delete index of key %q of tenant %q: %w", id, tenant, err)
 	}
 	b.limiter.forget(id)
+	b.keyRevoked(ctx, s, tenant, id)
 	return nil
 }

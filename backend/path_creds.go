@@ -189,6 +189,7 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 	if err := b.storeNewKey(ctx, req.Storage, e); err != nil {
 		return nil, err
 	}
+	b.keyIssued(ctx, req.Storage, e)
 
 	data := map[string]interface{}{
 		"api_key":     apiKey,

@@ -22,7 +22,7 @@ func (b *backend) pathKeys() []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ListOperation: &framework.PathOperation{
-					Callback:     b.pathKeysList,
+					Callback:     tenantList(keyIndexPrefix, "keys"),
 					Summary:      "List the ids of a tenant's keys.",
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "list", OperationSuffix: "keys"},
 				},
@@ -70,18 +70,6 @@ func tenantAndKeyID(d *framework.FieldData) (string, string, *logical.Response) 
 	return tenant, id, nil
 }
 
-func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	tenant := d.Get("tenant").(string)
-	if err := validateName("tenant", tenant); err != nil {
-		return fieldError("tenant", err), nil
-	}
-	ids, err := req.Storage.List(ctx, keyIndexPrefix(tenant))
-	if err != nil {
-		return nil, fmt.Errorf("list keys of tenant %q: %w", tenant, err)
-	}
-	return logical.ListResponse(ids), nil
-}
-
 func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	tenant, id, resp := tenantAndKeyID(d)
 	if resp != nil {
@@ -91,7 +79,7 @@ func (b *backend) pathKeyRead(ctx context.Context, req *logical.Request, d *fram
 	if err != nil || e == nil {
 		return nil, err
 	}
-	return &logical.Response{Data: keyResponse(e, time.Now())}, nil
+	return b.withKeyUsage(ctx, req.Storage, e, keyResponse(e, time.Now())), nil
 }
 
 func keyResponse(e *keyEntry, now time.Time) map[string]interface{} {
@@ -155,7 +143,7 @@ func (b *backend) revokeStaticKeyNow(ctx context.Context, s logical.Storage, k *
 	}
 	switch {
 	case st != nil && st.CurrentID == k.KeyID:
-		if err := b.rotateStaticKeyWithGrace(ctx, s, st, time.Now().UTC(), 0); err != nil {
+		if err := b.rotateStaticKeyWithGrace(ctx, s, st, time.Now().UTC(), 0, time.Now().UTC()); err != nil {
 			return err
 		}
 		b.rotations.schedule(st)

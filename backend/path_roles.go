@@ -29,9 +29,12 @@ type roleEntry struct {
 	RateLimitPeriod time.Duration     `json:"rate_limit_period"`
 	Metadata        map[string]string `json:"metadata"`
 	// NotLeased keys get no Vault lease (see the leased field).
-	NotLeased bool      `json:"not_leased,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	NotLeased bool `json:"not_leased,omitempty"`
+	// RevokeUnusedAfter revokes the role's dynamic keys once unused this
+	// long (monitor.go's scan); 0 never.
+	RevokeUnusedAfter time.Duration `json:"revoke_unused_after,omitempty"`
+	CreatedAt         time.Time     `json:"created_at"`
+	UpdatedAt         time.Time     `json:"updated_at"`
 }
 
 func (b *backend) pathRoles() []*framework.Path {
@@ -46,7 +49,7 @@ func (b *backend) pathRoles() []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ListOperation: &framework.PathOperation{
-					Callback:     b.pathRolesList,
+					Callback:     tenantList(rolePrefix, "roles"),
 					Summary:      "List a tenant's key roles.",
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "list", OperationSuffix: "roles"},
 				},
@@ -96,6 +99,10 @@ func (b *backend) pathRoles() []*framework.Path {
 					Type:        framework.TypeKVPairs,
 					Description: "Key/value metadata copied into every key issued from this role.",
 				},
+				"revoke_unused_after": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Revoke this role's dynamic keys once they have not verified (or, never used, since issue) for this long, with a key-revoked notification giving reason=unused. Applies to keys already issued. 0 (default) never.",
+				},
 				"leased": {
 					Type:        framework.TypeBool,
 					Description: "Whether issued keys get a Vault lease (default true). Keys without a lease cost Vault nothing per key, which matters at millions of keys, but die only through the plugin: revoke them with tenants/<tenant>/keys/<key_id>; once expired they verify as EXPIRED and tidy removes them. vault lease revoke and token revocation do not reach them.",
@@ -133,18 +140,7 @@ func (b *backend) pathRoles() []*framework.Path {
 }
 
 func readRole(ctx context.Context, s logical.Storage, tenant, name string) (*roleEntry, error) {
-	entry, err := s.Get(ctx, rolePrefix(tenant)+name)
-	if err != nil {
-		return nil, fmt.Errorf("read role %q of tenant %q: %w", name, tenant, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	r := &roleEntry{}
-	if err := entry.DecodeJSON(r); err != nil {
-		return nil, fmt.Errorf("decode role %q of tenant %q: %w", name, tenant, err)
-	}
-	return r, nil
+	return getJSON[roleEntry](ctx, s, rolePrefix(tenant)+name, fmt.Sprintf("role %q of tenant %q", name, tenant))
 }
 
 // tenantAndName validates the path's tenant and the named second segment.
@@ -168,18 +164,6 @@ func (b *backend) roleExists(ctx context.Context, req *logical.Request, d *frame
 	return r != nil, nil
 }
 
-func (b *backend) pathRolesList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	tenant := d.Get("tenant").(string)
-	if err := validateName("tenant", tenant); err != nil {
-		return fieldError("tenant", err), nil
-	}
-	names, err := req.Storage.List(ctx, rolePrefix(tenant))
-	if err != nil {
-		return nil, fmt.Errorf("list roles of tenant %q: %w", tenant, err)
-	}
-	return logical.ListResponse(names), nil
-}
-
 func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	tenant, name, resp := tenantAndName(d, "role")
 	if resp != nil {
@@ -190,19 +174,20 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 		return nil, err
 	}
 	return &logical.Response{Data: map[string]interface{}{
-		"tenant":            r.Tenant,
-		"role":              r.Name,
-		"scopes":            nonNilSlice(r.Scopes),
-		"environment":       r.Environment,
-		"ttl":               int64(r.TTL.Seconds()),
-		"max_ttl":           int64(r.MaxTTL.Seconds()),
-		"allowed_cidrs":     nonNilSlice(r.AllowedCIDRs),
-		"rate_limit":        r.RateLimit,
-		"rate_limit_period": int64(r.RateLimitPeriod.Seconds()),
-		"metadata":          nonNilMap(r.Metadata),
-		"leased":            !r.NotLeased,
-		"created_at":        r.CreatedAt.Format(time.RFC3339),
-		"updated_at":        r.UpdatedAt.Format(time.RFC3339),
+		"tenant":              r.Tenant,
+		"role":                r.Name,
+		"scopes":              nonNilSlice(r.Scopes),
+		"environment":         r.Environment,
+		"ttl":                 int64(r.TTL.Seconds()),
+		"max_ttl":             int64(r.MaxTTL.Seconds()),
+		"allowed_cidrs":       nonNilSlice(r.AllowedCIDRs),
+		"rate_limit":          r.RateLimit,
+		"rate_limit_period":   int64(r.RateLimitPeriod.Seconds()),
+		"metadata":            nonNilMap(r.Metadata),
+		"leased":              !r.NotLeased,
+		"revoke_unused_after": int64(r.RevokeUnusedAfter.Seconds()),
+		"created_at":          r.CreatedAt.Format(time.RFC3339),
+		"updated_at":          r.UpdatedAt.Format(time.RFC3339),
 	}}, nil
 }
 
@@ -256,7 +241,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if !t.allowsEnvironment(r.Environment) {
 		return logical.ErrorResponse("invalid environment %q: tenant %q allows only %v", r.Environment, tenant, t.AllowedEnvironments), nil
 	}
-	if resp := setDurations(d, map[string]*time.Duration{"ttl": &r.TTL, "max_ttl": &r.MaxTTL, "rate_limit_period": &r.RateLimitPeriod}); resp != nil {
+	if resp := setDurations(d, map[string]*time.Duration{"ttl": &r.TTL, "max_ttl": &r.MaxTTL, "rate_limit_period": &r.RateLimitPeriod, "revoke_unused_after": &r.RevokeUnusedAfter}); resp != nil {
 		return resp, nil
 	}
 	if r.MaxTTL > 0 && r.TTL > r.MaxTTL {
@@ -368,4 +353,8 @@ A role describes the keys issued from it through tenants/<tenant>/creds/<role>:
   rate_limit_period  verifications per key per period, counted in memory on
                      each node that answers verify (so per node, not
                      cluster-wide); over the limit verify answers RATE_LIMITED.
+  revoke_unused_after  revoke the role's dynamic keys not verified for this
+                     long (since issue, if never), with a key-revoked
+                     notification (reason "unused"); the active node checks
+                     keys in the background (config/monitoring scan_*).
 `

@@ -61,7 +61,7 @@ func (b *backend) pathStaticKeys() []*framework.Path {
 			Fields:       tenantOnly,
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ListOperation: &framework.PathOperation{
-					Callback:     b.pathStaticKeysList,
+					Callback:     tenantList(staticKeyPrefix, "static keys"),
 					Summary:      "List a tenant's static keys.",
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "list", OperationSuffix: "static-keys"},
 				},
@@ -139,18 +139,6 @@ func (b *backend) staticKeyExists(ctx context.Context, req *logical.Request, d *
 		return false, err
 	}
 	return e != nil, nil
-}
-
-func (b *backend) pathStaticKeysList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	tenant := d.Get("tenant").(string)
-	if err := validateName("tenant", tenant); err != nil {
-		return fieldError("tenant", err), nil
-	}
-	names, err := req.Storage.List(ctx, staticKeyPrefix(tenant))
-	if err != nil {
-		return nil, fmt.Errorf("list static keys of tenant %q: %w", tenant, err)
-	}
-	return logical.ListResponse(names), nil
 }
 
 func (b *backend) pathStaticKeyRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

@@ -145,18 +145,7 @@ func (b *backend) pathTenants() []*framework.Path {
 }
 
 func readTenant(ctx context.Context, s logical.Storage, name string) (*tenantEntry, error) {
-	entry, err := s.Get(ctx, tenantPrefix+name)
-	if err != nil {
-		return nil, fmt.Errorf("read tenant %q: %w", name, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	t := &tenantEntry{}
-	if err := entry.DecodeJSON(t); err != nil {
-		return nil, fmt.Errorf("decode tenant %q: %w", name, err)
-	}
-	return t, nil
+	return getJSON[tenantEntry](ctx, s, tenantPrefix+name, fmt.Sprintf("tenant %q", name))
 }
 
 func (b *backend) tenantExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
@@ -286,6 +275,7 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	// Suspension must bite on the very next verify: drop the cached copy
 	// while still holding the tenant lock so no fill can race it.
 	b.cache.deleteTenant(name)
+	b.tenantWritten(ctx, req.Storage, t)
 	return nil, nil
 }
 

@@ -158,10 +158,12 @@ func (b *backend) handleVerify(ctx context.Context, req *logical.Request, d *fra
 		in.ClientIP = addr
 	}
 
-	out, err := b.verify(ctx, req.Storage, &in, time.Now())
+	now := time.Now()
+	out, err := b.verify(ctx, req.Storage, &in, now)
 	if err != nil {
 		return nil, err
 	}
+	b.recordVerify(&in, out, now)
 	return &logical.Response{Data: verifyResponse(out)}, nil
 }
 

@@ -185,6 +185,7 @@ func (b *backend) processDue(ctx context.Context, s logical.Storage, key string)
 		r.mu.Unlock()
 		backoff := min(minRetryBackoff<<min(n-1, 10), maxRetryBackoff)
 		b.Logger().Error("static key rotation failed; will retry", "tenant", tenant, "static_key", name, "attempt", n, "retry_in", backoff, "error", err)
+		b.rotationFailed(ctx, s, tenant, name, n, backoff, err)
 		r.scheduleAt(key, time.Now().Add(backoff))
 		return
 	}
@@ -217,7 +218,13 @@ func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage, tenant, na
 		e.NextRotation = e.nextRotation(now)
 		return e, writeStaticKey(ctx, s, e)
 	}
-	if err := b.rotateStaticKey(ctx, s, e, now); err != nil {
+	from := e.NextRotation
+	if e.RotationSchedule != "" || now.Sub(from) >= e.RotationPeriod {
+		// A schedule fires by the clock anyway; a period missed entirely
+		// (node down) restarts from now rather than rotating in a burst.
+		from = now
+	}
+	if err := b.rotateStaticKeyWithGrace(ctx, s, e, now, e.GracePeriod, from); err != nil {
 		return nil, err
 	}
 	b.Logger().Info("static key rotated", "tenant", tenant, "static_key", name, "key_id", e.CurrentID)

@@ -111,18 +111,7 @@ func (e *staticKeyEntry) dueAt() time.Time {
 }
 
 func readStaticKey(ctx context.Context, s logical.Storage, tenant, name string) (*staticKeyEntry, error) {
-	entry, err := s.Get(ctx, staticKeyPrefix(tenant)+name)
-	if err != nil {
-		return nil, fmt.Errorf("read static key %q of tenant %q: %w", name, tenant, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	e := &staticKeyEntry{}
-	if err := entry.DecodeJSON(e); err != nil {
-		return nil, fmt.Errorf("decode static key %q of tenant %q: %w", name, tenant, err)
-	}
-	return e, nil
+	return getJSON[staticKeyEntry](ctx, s, staticKeyPrefix(tenant)+name, fmt.Sprintf("static key %q of tenant %q", name, tenant))
 }
 
 func writeStaticKey(ctx context.Context, s logical.Storage, e *staticKeyEntry) error {
@@ -198,12 +187,15 @@ func (b *backend) newStaticKeyRecord(ctx context.Context, s logical.Storage, t *
 // committed rotation and undoes an uncommitted one, so at every instant the
 // static key has a valid key and no key is lost.
 func (b *backend) rotateStaticKey(ctx context.Context, s logical.Storage, e *staticKeyEntry, now time.Time) error {
-	return b.rotateStaticKeyWithGrace(ctx, s, e, now, e.GracePeriod)
+	return b.rotateStaticKeyWithGrace(ctx, s, e, now, e.GracePeriod, now)
 }
 
 // rotateStaticKeyWithGrace rotates with the given grace for the old key; 0
 // revokes the old key at once (a leaked key).
-func (b *backend) rotateStaticKeyWithGrace(ctx context.Context, s logical.Storage, e *staticKeyEntry, now time.Time, grace time.Duration) error {
+// The next rotation counts from "from": now for a rotation on demand, the
+// due time for a scheduled one, so periodic rotations do not drift later by
+// the engine's tick each time.
+func (b *backend) rotateStaticKeyWithGrace(ctx context.Context, s logical.Storage, e *staticKeyEntry, now time.Time, grace time.Duration, from time.Time) error {
 	t, err := readTenant(ctx, s, e.Tenant)
 	if err != nil {
 		return err
@@ -243,11 +235,12 @@ func (b *backend) rotateStaticKeyWithGrace(ctx context.Context, s logical.Storag
 		next.PreviousID, next.PreviousHash, next.PreviousExpiresAt = e.CurrentID, e.CurrentHash, w.GraceEndsAt
 	}
 	next.LastRotated = now
-	next.NextRotation = next.nextRotation(now)
+	next.NextRotation = next.nextRotation(from)
 	if err := writeStaticKey(ctx, s, &next); err != nil {
 		return undo(err)
 	}
 	*e = next
+	b.staticKeyRotated(ctx, s, e, w)
 	return b.finishRotation(ctx, s, walID, w)
 }
 

@@ -208,3 +208,30 @@ func assertNoOrphans(t *testing.T, s logical.Storage, n int) {
 		t.Fatalf("write %d: %d keys for one static key", n, len(ids)-1)
 	}
 }
+
+func TestPeriodicRotationDoesNotDrift(t *testing.T) {
+	b, s := newTestBackend(t)
+	createStatic(t, b, s, map[string]interface{}{"role": "web", "rotation_period": "10s", "grace_period": "5s"})
+	e, _ := readStaticKey(context.Background(), s, "acme", "app")
+	due := e.NextRotation
+	lock := b.tenantLock("acme")
+	lock.Lock()
+	defer lock.Unlock()
+	// The engine's tick lands 700 ms after the due time.
+	e, err := b.rotateIfDue(context.Background(), s, "acme", "app", due.Add(700*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.NextRotation.Equal(due.Add(10 * time.Second)) {
+		t.Fatalf("next rotation %s, want %s (no drift)", e.NextRotation, due.Add(10*time.Second))
+	}
+	// A node that was down for several periods restarts the cycle from now.
+	late := e.NextRotation.Add(35 * time.Second)
+	e, err = b.rotateIfDue(context.Background(), s, "acme", "app", late)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.NextRotation.Equal(late.Add(10 * time.Second)) {
+		t.Fatalf("after downtime: next rotation %s, want %s", e.NextRotation, late.Add(10*time.Second))
+	}
+}

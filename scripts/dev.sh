@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
 # `make dev`: a Vault dev server on loopback with the freshly built plugin
-# registered, mounted at apikeys/ and bootstrapped. Runs until Ctrl-C, then
-# stops Vault and removes its files.
+# registered, mounted at apikeys/ and bootstrapped (bootstrap/apply.sh: audit
+# device, tier policies, userpass and JWT auth with a stand-in identity
+# provider; bootstrap/demo.sh: tenants acme and globex and demo logins).
+# Runs until Ctrl-C, then stops Vault and removes its files.
 #
 #   VAULT_DEV_PORT   listen port (default 8200; the next port is Vault's
 #                    cluster port and must be free too)
+#   ENFORCE_ENTITY_TENANT  the plugin's tenant guard (default false here, so
+#                    the root token can still use every tenant's paths;
+#                    bootstrap/apply.sh defaults to true)
 set -euo pipefail
+
+# Ctrl-C (SIGINT) must stop Vault and clean up even when this runs as a
+# background job of a script or CI step: bash starts those with SIGINT
+# ignored, and a shell cannot trap a signal ignored when it started. GNU env
+# can hand the shell a default SIGINT again (elsewhere: SIGTERM still works).
+if [ -z "${APIKEYS_DEV_SIGINT_RESET:-}" ] && env --default-signal=INT true 2>/dev/null; then
+  APIKEYS_DEV_SIGINT_RESET=1 exec env --default-signal=INT bash "$0" "$@"
+fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 plugin_bin=${PLUGIN_BIN:-$root/bin/vault-plugin-secrets-apikeys}
 version=${PLUGIN_VERSION:?PLUGIN_VERSION must be set (make dev sets it)}
 port=${VAULT_DEV_PORT:-8200}
-state=${TMPDIR:-/tmp}/vault-plugin-secrets-apikeys-dev-$(id -u)
+# One state folder per port, so two dev servers on different ports never
+# take each other for a stale one.
+state=${TMPDIR:-/tmp}/vault-plugin-secrets-apikeys-dev-$(id -u)-$port
 token=root
 
 vault_bin=$("$root/scripts/vault.sh")
@@ -48,15 +63,19 @@ vault_pid=$!
 echo "$vault_pid" >"$state/vault.pid"
 
 cleanup() {
-  trap - INT TERM EXIT
-  echo
-  echo "==> Stopping Vault"
-  kill -- "-$vault_pid" 2>/dev/null || true
+  trap - INT TERM HUP EXIT
+  # Stop Vault before saying so: stdout may be gone already (terminal
+  # closed, or a "| tee" killed by the same Ctrl-C), and a write to it must
+  # neither kill this shell (SIGPIPE) nor end the cleanup (set -e).
+  trap '' PIPE
+  set +e
+  kill -- "-$vault_pid" 2>/dev/null
   for _ in $(seq 50); do kill -0 "$vault_pid" 2>/dev/null || break; sleep 0.2; done
-  kill -9 -- "-$vault_pid" 2>/dev/null || true
+  kill -9 -- "-$vault_pid" 2>/dev/null
   rm -rf "$state"
+  printf '\n==> Vault stopped\n' 2>/dev/null
 }
-trap cleanup INT TERM EXIT
+trap cleanup INT TERM HUP EXIT
 
 for _ in $(seq 300); do
   if "$vault_bin" status >/dev/null 2>&1; then break; fi
@@ -69,8 +88,13 @@ for _ in $(seq 300); do
 done
 
 echo "==> Bootstrapping"
+enforce=${ENFORCE_ENTITY_TENANT:-false}
 VAULT="$vault_bin" PLUGIN_BIN="$state/plugins/$(basename "$plugin_bin")" PLUGIN_VERSION="$version" \
-  AUDIT_FILE="$state/audit.log" "$root/bootstrap/apply.sh"
+  AUDIT_FILE="$state/audit.log" JWT_DEV_IDP_DIR="$state/idp" ENFORCE_ENTITY_TENANT="$enforce" \
+  "$root/bootstrap/apply.sh"
+echo "==> Demo tenants and logins"
+VAULT="$vault_bin" DEMO_CREDENTIALS="$state/demo-logins" "$root/bootstrap/demo.sh"
+pw() { sed -n "s/^$1=//p" "$state/demo-logins"; }
 
 cat <<MSG
 
@@ -85,6 +109,27 @@ Vault is running with the API keys engine at apikeys/.
 Try:
   vault read apikeys/config
   vault plugin list secret
+
+Log in as acme's tenant admin (userpass; the tenant comes from its entity):
+  export VAULT_TOKEN=\$(vault login -token-only -method=userpass \\
+    username=acme-admin password=$(pw acme-admin))
+  vault read apikeys/tenants/acme/creds/web        # issue a key of acme
+  vault list apikeys/tenants/globex/keys           # 403: another tenant
+Other demo logins: acme-dev (developer: creds/dev-*) password=$(pw acme-dev),
+platform-admin password=$(pw platform-admin).
+
+Or through the stand-in identity provider (JWT; the tenant comes from a claim):
+  export JWT_SIGNING_KEY=$state/idp/signing-key.pem
+  export VAULT_TOKEN=\$(vault write -field=token auth/jwt/login role=tenant-admin \\
+    jwt="\$($root/bootstrap/mint-jwt.sh sub=alice tenant=acme apikeys_tier=tenant-admin)")
+
+Tenant guard (enforce_entity_tenant) is $enforce.$(
+  if [ "$enforce" = true ]; then
+    printf '%s' " Root gets 403 on tenants/<tenant> paths: use platform-admin."
+  else
+    printf '%s' " Turn it on with: vault write apikeys/config enforce_entity_tenant=true
+(then root gets 403 on tenants/<tenant> paths: use platform-admin)."
+  fi)
 
 Press Ctrl-C to stop.
 MSG

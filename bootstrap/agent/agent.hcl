@@ -1,8 +1,14 @@
 # Vault Agent delivering an API key of the apikeys engine to an app.
 #
-# Run from this folder (paths are relative to the working directory):
-#   vault token create -policy=apikeys-app -field=token > vault-token   # or any auth method
+# Run from this folder (paths are relative to the working directory), with a
+# token of the app's identity in vault-token. The apikeys-app policy is
+# templated on the entity's metadata (tenant, static_key), so the token must
+# come from a login whose entity carries them, e.g. the JWT "app" role of
+# bootstrap/auth-jwt.sh or a user made by bootstrap/users.sh:
+#   vault write -field=token auth/jwt/login role=app jwt=<app's JWT> > vault-token
 #   vault agent -config=agent.hcl
+# In production replace token_file with the app platform's auth method
+# (approle, kubernetes, jwt, ...).
 #
 # The agent renders api-key.ctmpl into api-key.txt and, for a static key,
 # re-reads it about one second after each rotation: static-creds carries

@@ -1,0 +1,391 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
+)
+
+const monitorConfigPath = "config/monitoring"
+
+// monitorConfig holds the settings of usage, anomaly detection, the key
+// scan and notification delivery (config/monitoring).
+type monitorConfig struct {
+	AnomalyWindow          time.Duration `json:"anomaly_window"`
+	TenantFailureThreshold int           `json:"tenant_failure_threshold"`
+	IPFailureThreshold     int           `json:"ip_failure_threshold"`
+	KeySpikeFactor         int           `json:"key_spike_factor"`
+	KeySpikeMinimum        int           `json:"key_spike_minimum"`
+	StaleAfter             time.Duration `json:"stale_after"`
+	UsageRetention         time.Duration `json:"usage_retention"`
+	ScanInterval           time.Duration `json:"scan_interval"`
+	ScanBatch              int           `json:"scan_batch"`
+	FlushMaxWrites         int           `json:"flush_max_writes"`
+	DeliveryMaxAttempts    int           `json:"delivery_max_attempts"`
+	DeliveryRetryBase      time.Duration `json:"delivery_retry_base"`
+	DeliveryRetryMax       time.Duration `json:"delivery_retry_max"`
+	DeliveryTimeout        time.Duration `json:"delivery_timeout"`
+}
+
+func defaultMonitorConfig() *monitorConfig {
+	p := notify.DefaultPolicy()
+	return &monitorConfig{
+		AnomalyWindow:          time.Minute,
+		TenantFailureThreshold: 100,
+		IPFailureThreshold:     20,
+		KeySpikeFactor:         10,
+		KeySpikeMinimum:        100,
+		StaleAfter:             30 * 24 * time.Hour,
+		// Longer than Vault's default max lease TTL (32 days), so a lease
+		// that outlives its deleted key still finds the key's tombstone.
+		UsageRetention:      35 * 24 * time.Hour,
+		ScanInterval:        time.Minute,
+		ScanBatch:           1000,
+		FlushMaxWrites:      500,
+		DeliveryMaxAttempts: p.MaxAttempts,
+		DeliveryRetryBase:   p.BaseDelay,
+		DeliveryRetryMax:    p.MaxDelay,
+		DeliveryTimeout:     p.Timeout,
+	}
+}
+
+func (c *monitorConfig) policy() notify.Policy {
+	return notify.Policy{MaxAttempts: c.DeliveryMaxAttempts, BaseDelay: c.DeliveryRetryBase, MaxDelay: c.DeliveryRetryMax, Timeout: c.DeliveryTimeout}
+}
+
+func readMonitorConfig(ctx context.Context, s logical.Storage) (*monitorConfig, error) {
+	entry, err := s.Get(ctx, monitorConfigPath)
+	if err != nil {
+		return nil, fmt.Errorf("read monitoring config: %w", err)
+	}
+	cfg := defaultMonitorConfig()
+	if entry == nil {
+		return cfg, nil
+	}
+	if err := entry.DecodeJSON(cfg); err != nil {
+		return nil, fmt.Errorf("decode monitoring config: %w", err)
+	}
+	return cfg, nil
+}
+
+// applyMonitorConfig makes cfg the one verify and the dispatcher use.
+func (b *backend) applyMonitorConfig(cfg *monitorConfig) {
+	b.usage.cfg.Store(cfg)
+	b.dispatcher.SetPolicy(cfg.policy())
+}
+
+func (b *backend) loadMonitorConfig(ctx context.Context, s logical.Storage) error {
+	cfg, err := readMonitorConfig(ctx, s)
+	if err != nil {
+		return err
+	}
+	b.applyMonitorConfig(cfg)
+	return nil
+}
+
+// refreshPrefixes maps key prefixes to tenants for attributing unknown
+// keys. A prefix that several tenants share (the mount's default, usually)
+// maps to no tenant: such failures count as unattributed.
+func (b *backend) refreshPrefixes(ctx context.Context, s logical.Storage) error {
+	names, err := s.List(ctx, tenantPrefix)
+	if err != nil {
+		return fmt.Errorf("list tenants: %w", err)
+	}
+	cfg, err := readConfig(ctx, s)
+	if err != nil {
+		return err
+	}
+	owners := map[string]string{}
+	shared := map[string]bool{}
+	for _, n := range names {
+		t, err := readTenant(ctx, s, n)
+		if err != nil {
+			return err
+		}
+		if t == nil {
+			continue
+		}
+		p := t.KeyPrefix
+		if p == "" {
+			p = cfg.KeyPrefix
+		}
+		if o, ok := owners[p]; ok && o != t.Name {
+			shared[p] = true
+		}
+		owners[p] = t.Name
+	}
+	for p := range shared {
+		delete(owners, p)
+	}
+	b.usage.prefixes.Store(&owners)
+	return nil
+}
+
+// scanCursor walks every key of the mount in bounded steps, so a mount
+// with a million keys costs the same per step as one with ten.
+type scanCursor struct {
+	tenants []string
+	ti      int
+	keys    []string
+	ki      int
+	roles   map[string]*roleEntry
+	cfg     *mountConfig
+}
+
+func (b *backend) runScans(ctx context.Context, s logical.Storage, done chan struct{}) {
+	defer close(done)
+	last := time.Now()
+	for {
+		// Re-read the interval at least every second, so a changed
+		// scan_interval applies without waiting out the old one.
+		wait := min(time.Until(last.Add(b.usage.cfg.Load().ScanInterval)), time.Second)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(max(wait, 0)):
+		}
+		if time.Since(last) < b.usage.cfg.Load().ScanInterval {
+			continue
+		}
+		last = time.Now()
+		if err := b.scanStep(ctx, s, last); err != nil && ctx.Err() == nil {
+			b.Logger().Warn("key scan step failed; will continue", "error", err)
+		}
+	}
+}
+
+// scanStep looks at up to scan_batch keys: key-expiring for keys inside
+// the expiry_warning window (a static key's rotated-out key included: its
+// expiry is the end of its grace), revocation of keys unused for their
+// role's revoke_unused_after, and removal of usage tombstones past
+// usage_retention. A new pass over all tenants starts when one ends.
+func (b *backend) scanStep(ctx context.Context, s logical.Storage, now time.Time) error {
+	b.scanMu.Lock()
+	defer b.scanMu.Unlock()
+	c := &b.scan
+	mcfg := b.usage.cfg.Load()
+	budget := mcfg.ScanBatch
+	startedPass := false
+	for budget > 0 && ctx.Err() == nil {
+		if c.ti >= len(c.tenants) {
+			if startedPass {
+				return nil
+			}
+			startedPass = true
+			if err := b.startScanPass(ctx, s); err != nil {
+				return err
+			}
+			continue
+		}
+		tenant := c.tenants[c.ti]
+		if c.keys == nil {
+			if err := b.startScanTenant(ctx, s, tenant, now, mcfg); err != nil {
+				return err
+			}
+		}
+		for c.ki < len(c.keys) && budget > 0 {
+			budget--
+			if err := b.scanKey(ctx, s, tenant, c.keys[c.ki], now); err != nil {
+				return err
+			}
+			c.ki++
+		}
+		if c.ki >= len(c.keys) {
+			c.ti++
+			c.keys, c.ki = nil, 0
+			if c.ti >= len(c.tenants) {
+				// A pass ends a step: a small mount is scanned once per
+				// scan_interval, not over and over within one step.
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
+// startScanPass lists the tenants (and the tenants that only have usage
+// left) and refreshes what a pass reads once.
+func (b *backend) startScanPass(ctx context.Context, s logical.Storage) error {
+	c := &b.scan
+	// Tenant usage is listed before tenants: usage listed first whose
+	// tenant is missing from the later list belongs to a deleted tenant,
+	// never to one created in between.
+	stored, err := s.List(ctx, usageTenantPrefix)
+	if err != nil {
+		return fmt.Errorf("list tenant usage: %w", err)
+	}
+	names, err := s.List(ctx, tenantPrefix)
+	if err != nil {
+		return fmt.Errorf("list tenants: %w", err)
+	}
+	withUsage, err := s.List(ctx, usageKeyPrefix)
+	if err != nil {
+		return fmt.Errorf("list usage: %w", err)
+	}
+	all := slices.Clone(names)
+	for _, n := range withUsage {
+		all = append(all, strings.TrimSuffix(n, "/"))
+	}
+	slices.Sort(all)
+	c.tenants, c.ti, c.keys, c.ki = slices.Compact(all), 0, nil, 0
+	c.roles = map[string]*roleEntry{}
+	if c.cfg, err = readConfig(ctx, s); err != nil {
+		return err
+	}
+	if err := b.refreshPrefixes(ctx, s); err != nil {
+		return err
+	}
+	// Usage of tenants that are gone.
+	for _, n := range stored {
+		if slices.Contains(names, n) {
+			continue
+		}
+		if err := s.Delete(ctx, usageTenantPrefix+n); err != nil {
+			return fmt.Errorf("delete usage of deleted tenant %q: %w", n, err)
+		}
+		b.usage.dropTenant(n)
+	}
+	return nil
+}
+
+// startScanTenant lists one tenant's keys and removes the usage tombstones
+// past retention. Usage records are listed before keys: a record listed
+// first whose key is missing from the later key list was revoked, never
+// merely issued in between.
+func (b *backend) startScanTenant(ctx context.Context, s logical.Storage, tenant string, now time.Time, mcfg *monitorConfig) error {
+	c := &b.scan
+	usageIDs, err := s.List(ctx, usageKeyPrefix+tenant+"/")
+	if err != nil {
+		return fmt.Errorf("list key usage of tenant %q: %w", tenant, err)
+	}
+	ids, err := s.List(ctx, keyIndexPrefix(tenant))
+	if err != nil {
+		return fmt.Errorf("list keys of tenant %q: %w", tenant, err)
+	}
+	c.keys, c.ki = ids, 0
+	if c.keys == nil {
+		c.keys = []string{}
+	}
+	live := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		live[id] = true
+	}
+	for _, id := range usageIDs {
+		if live[id] {
+			continue
+		}
+		rec, err := readKeyUsage(ctx, s, tenant, id)
+		if err != nil {
+			return err
+		}
+		if rec == nil || rec.RevokedAt.IsZero() || now.Sub(rec.RevokedAt) < mcfg.UsageRetention {
+			continue
+		}
+		if err := s.Delete(ctx, usageKeyPath(tenant, id)); err != nil {
+			return fmt.Errorf("delete usage tombstone of key %q: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func (b *backend) scanRole(ctx context.Context, s logical.Storage, tenant, name string) (*roleEntry, error) {
+	c := &b.scan
+	k := tenant + "/" + name
+	if r, ok := c.roles[k]; ok {
+		return r, nil
+	}
+	r, err := readRole(ctx, s, tenant, name)
+	if err != nil {
+		return nil, err
+	}
+	c.roles[k] = r
+	return r, nil
+}
+
+func (b *backend) scanKey(ctx context.Context, s logical.Storage, tenant, id string, now time.Time) error {
+	e, err := readTenantKey(ctx, s, tenant, id)
+	if err != nil || e == nil {
+		return err
+	}
+	if warn := b.scan.cfg.ExpiryWarning; warn > 0 && !e.ExpiresAt.IsZero() && now.Before(e.ExpiresAt) && !now.Add(warn).Before(e.ExpiresAt) {
+		if err := b.warnExpiring(ctx, s, e, now); err != nil {
+			return err
+		}
+	}
+	// Static keys are rotated, not left unused: revoking one would only
+	// force a rotation nobody asked for.
+	if e.Kind != kindDynamic {
+		return nil
+	}
+	r, err := b.scanRole(ctx, s, tenant, e.Role)
+	if err != nil || r == nil || r.RevokeUnusedAfter <= 0 {
+		return err
+	}
+	u, err := b.usage.keyUsageOf(ctx, s, tenant, id)
+	if err != nil {
+		return err
+	}
+	last := e.CreatedAt
+	if u.LastUsedAt.After(last) {
+		last = u.LastUsedAt
+	}
+	if now.Sub(last) < r.RevokeUnusedAfter {
+		return nil
+	}
+	b.Logger().Info("revoking a key unused for its role's revoke_unused_after", "tenant", tenant, "key_id", id,
+		"role", e.Role, "unused_since", last.UTC().Format(time.RFC3339), "revoke_unused_after", r.RevokeUnusedAfter)
+	rctx := withRevokeCause(ctx, revokeCause{Reason: "unused", Data: map[string]interface{}{
+		"unused_since":        last.UTC().Format(time.RFC3339),
+		"revoke_unused_after": int64(r.RevokeUnusedAfter.Seconds()),
+		"role":                e.Role,
+	}})
+	return b.revokeKey(rctx, s, tenant, id)
+}
+
+// warnExpiring raises key-expiring once per key and expiry (a renewed
+// lease moves the expiry and earns a new warning).
+func (b *backend) warnExpiring(ctx context.Context, s logical.Storage, e *keyEntry, now time.Time) error {
+	first, err := b.usage.updateKeyUsage(ctx, s, e.Tenant, e.KeyID, func(r *keyUsageRecord) bool {
+		if r.ExpiryWarnedFor.Equal(e.ExpiresAt) || !r.RevokedAt.IsZero() {
+			return false
+		}
+		r.ExpiryWarnedFor = e.ExpiresAt
+		return true
+	})
+	if err != nil || !first {
+		return err
+	}
+	u, err := b.usage.keyUsageOf(ctx, s, e.Tenant, e.KeyID)
+	if err != nil {
+		return err
+	}
+	b.emit(ctx, s, newEvent(notify.KeyExpiring, e.Tenant, map[string]interface{}{
+		"key_id":             e.KeyID,
+		"kind":               e.Kind,
+		"role":               e.Role,
+		"name":               e.Name,
+		"in_grace":           e.InGrace,
+		"expires_at":         timeOrNil(e.ExpiresAt),
+		"expires_in_seconds": int64(e.ExpiresAt.Sub(now).Seconds()),
+		"last_used_at":       timeOrNil(u.LastUsedAt),
+	}, notify.StableID(notify.KeyExpiring, e.Tenant, e.KeyID, e.ExpiresAt.UTC().Format(time.RFC3339Nano)), now))
+	return nil
+}
+
+// forgetMonitorConfig serves Invalidate of config/monitoring. The reload
+// reads storage, which Invalidate must not wait on, so it runs apart.
+func (b *backend) forgetMonitorConfig() {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := b.loadMonitorConfig(ctx, b.storage); err != nil {
+			b.Logger().Warn("changed monitoring settings unreadable", "error", err)
+		}
+	}()
+}

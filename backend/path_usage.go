@@ -1,0 +1,635 @@
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"time"
+
+	uuid "github.com/hashicorp/go-uuid"
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+const (
+	// maxReportEntries bounds one usage/report batch.
+	maxReportEntries = 1000
+	// maxUsageKeys bounds the keys one usage read looks at; a bigger tenant
+	// gets its totals and a truncated key list.
+	maxUsageKeys      = 10_000
+	defaultUsageLimit = 100
+)
+
+func (b *backend) pathUsage() []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern:      "tenants/" + namePattern("tenant") + "/usage$",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
+			Fields: map[string]*framework.FieldSchema{
+				"tenant": {Type: framework.TypeString, Description: "Name of the tenant.", Required: true},
+				"stale_after": {
+					Type:        framework.TypeDurationSecond,
+					Description: "Report keys unused (never verified, or not since) this long as stale. Default: config/monitoring stale_after.",
+				},
+				"limit": {
+					Type:        framework.TypeInt,
+					Description: "Most keys listed in keys, stale_keys and expiring_keys.",
+					Default:     defaultUsageLimit,
+				},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback:     b.pathTenantUsageRead,
+					Summary:      "Read a tenant's usage: verify counts by code and role, key counts, stale and expiring keys, gateway-reported traffic.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "tenant-usage"},
+				},
+			},
+			HelpSynopsis:    pathTenantUsageHelpSyn,
+			HelpDescription: pathTenantUsageHelpDesc,
+		},
+		{
+			Pattern:      "usage/report$",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
+			Fields: map[string]*framework.FieldSchema{
+				"reports": {
+					Type:        framework.TypeSlice,
+					Description: `Batch of up to 1000 objects {"tenant", "key_id", "requests", "errors", "upstream_latency_ms_sum", "upstream_latency_ms_max"}.`,
+					Required:    true,
+				},
+			},
+			ExistenceCheck: func(context.Context, *logical.Request, *framework.FieldData) (bool, error) { return true, nil },
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback: b.pathUsageReport,
+					Summary:  "Report, per key, requests a gateway served and their upstream latency.",
+					// Counted where they are flushed, so gateway figures are
+					// durable whichever node the gateway reached.
+					ForwardPerformanceStandby: true,
+					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "report", OperationSuffix: "usage"},
+				},
+			},
+			HelpSynopsis:    pathUsageReportHelpSyn,
+			HelpDescription: pathUsageReportHelpDesc,
+		},
+		{
+			Pattern:        "config/monitoring$",
+			DisplayAttrs:   &framework.DisplayAttributes{OperationPrefix: operationPrefix},
+			Fields:         monitorConfigFields(),
+			ExistenceCheck: b.monitorConfigExists,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback:     b.pathMonitorConfigRead,
+					Summary:      "Read the usage, anomaly, scan and delivery settings.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "monitoring-configuration"},
+				},
+				logical.CreateOperation: &framework.PathOperation{
+					Callback:                  b.pathMonitorConfigWrite,
+					Summary:                   "Configure usage, anomaly detection, the key scan and notification delivery.",
+					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "configure", OperationSuffix: "monitoring"},
+					ForwardPerformanceStandby: true,
+				},
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback:                  b.pathMonitorConfigWrite,
+					Summary:                   "Configure usage, anomaly detection, the key scan and notification delivery.",
+					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "configure", OperationSuffix: "monitoring"},
+					ForwardPerformanceStandby: true,
+				},
+			},
+			HelpSynopsis:    pathMonitorConfigHelpSyn,
+			HelpDescription: pathMonitorConfigHelpDesc,
+		},
+	}
+}
+
+// --- config/monitoring ---
+
+// monitorDurations and monitorInts name each setting once, for the schema,
+// read and write.
+func monitorDurations(c *monitorConfig) []struct {
+	name, desc string
+	dst        *time.Duration
+	min        time.Duration
+} {
+	return []struct {
+		name, desc string
+		dst        *time.Duration
+		min        time.Duration
+	}{
+		{"anomaly_window", "Length of the windows in which failures and per-key traffic are counted.", &c.AnomalyWindow, time.Second},
+		{"stale_after", "A key unused this long is reported stale in usage.", &c.StaleAfter, time.Second},
+		{"usage_retention", "How long a revoked key's usage (its tombstone) is kept; keep it above the mount's max lease TTL.", &c.UsageRetention, time.Minute},
+		{"scan_interval", "How often the active node scans a batch of keys for key-expiring and revoke_unused_after.", &c.ScanInterval, 100 * time.Millisecond},
+		{"delivery_retry_base", "Wait after a delivery's first failure; doubles per failure, with jitter.", &c.DeliveryRetryBase, 10 * time.Millisecond},
+		{"delivery_retry_max", "Longest wait between two delivery attempts.", &c.DeliveryRetryMax, 10 * time.Millisecond},
+		{"delivery_timeout", "Time a receiver gets to answer one delivery.", &c.DeliveryTimeout, 100 * time.Millisecond},
+	}
+}
+
+func monitorInts(c *monitorConfig) []struct {
+	name, desc string
+	dst        *int
+	min        int
+} {
+	return []struct {
+		name, desc string
+		dst        *int
+		min        int
+	}{
+		{"tenant_failure_threshold", "Failed verifications of one tenant per window that raise a verify-anomaly.", &c.TenantFailureThreshold, 1},
+		{"ip_failure_threshold", "Failed verifications from one client_ip per window that raise a verify-anomaly.", &c.IPFailureThreshold, 1},
+		{"key_spike_factor", "A key's verifications in a window at this multiple of its own baseline raise a verify-anomaly.", &c.KeySpikeFactor, 2},
+		{"key_spike_minimum", "Fewest verifications in a window that can count as a key's spike.", &c.KeySpikeMinimum, 1},
+		{"scan_batch", "Keys the scan looks at per scan_interval.", &c.ScanBatch, 1},
+		{"flush_max_writes", "Most storage writes one usage flush makes; the rest waits for the next.", &c.FlushMaxWrites, 1},
+		{"delivery_max_attempts", "Delivery attempts before a notification is dead-lettered.", &c.DeliveryMaxAttempts, 1},
+	}
+}
+
+func monitorConfigFields() map[string]*framework.FieldSchema {
+	def := defaultMonitorConfig()
+	f := map[string]*framework.FieldSchema{}
+	for _, d := range monitorDurations(def) {
+		f[d.name] = &framework.FieldSchema{Type: framework.TypeDurationSecond, Description: d.desc, Default: int(d.dst.Seconds())}
+	}
+	for _, i := range monitorInts(def) {
+		f[i.name] = &framework.FieldSchema{Type: framework.TypeInt, Description: i.desc, Default: *i.dst}
+	}
+	return f
+}
+
+func (b *backend) monitorConfigExists(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {
+	entry, err := req.Storage.Get(ctx, monitorConfigPath)
+	if err != nil {
+		return false, fmt.Errorf("read monitoring config: %w", err)
+	}
+	return entry != nil, nil
+}
+
+func (b *backend) pathMonitorConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	cfg, err := readMonitorConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	data := map[string]interface{}{}
+	for _, d := range monitorDurations(cfg) {
+		// Sub-second settings (tests, mostly) read back as fractions.
+		if *d.dst%time.Second == 0 {
+			data[d.name] = int64(d.dst.Seconds())
+		} else {
+			data[d.name] = d.dst.Seconds()
+		}
+	}
+	for _, i := range monitorInts(cfg) {
+		data[i.name] = *i.dst
+	}
+	return &logical.Response{Data: data}, nil
+}
+
+func (b *backend) pathMonitorConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	cfg, err := readMonitorConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range monitorDurations(cfg) {
+		v, ok, err := durationField(d, f.name)
+		if err != nil {
+			return fieldError(f.name, err), nil
+		}
+		if !ok {
+			continue
+		}
+		if v < f.min {
+			return logical.ErrorResponse("%s must be at least %s", f.name, f.min), nil
+		}
+		*f.dst = v
+	}
+	for _, f := range monitorInts(cfg) {
+		v, ok, err := d.GetOkErr(f.name)
+		if err != nil {
+			return fieldError(f.name, err), nil
+		}
+		if !ok {
+			continue
+		}
+		if v.(int) < f.min {
+			return logical.ErrorResponse("%s must be at least %d", f.name, f.min), nil
+		}
+		*f.dst = v.(int)
+	}
+	if cfg.DeliveryRetryMax < cfg.DeliveryRetryBase {
+		return logical.ErrorResponse("delivery_retry_max (%s) must not be below delivery_retry_base (%s)", cfg.DeliveryRetryMax, cfg.DeliveryRetryBase), nil
+	}
+	if err := putJSON(ctx, req.Storage, monitorConfigPath, cfg); err != nil {
+		return nil, err
+	}
+	b.applyMonitorConfig(cfg)
+	return nil, nil
+}
+
+// durationField reads a TypeDurationSecond field without rounding a Go
+// duration string ("250ms") down to whole seconds, which delivery timings
+// in tests need; every other form ("90", 90, "30d") is the framework's.
+func durationField(d *framework.FieldData, name string) (time.Duration, bool, error) {
+	if s, ok := d.Raw[name].(string); ok {
+		if v, err := time.ParseDuration(s); err == nil {
+			return v, true, nil
+		}
+	}
+	v, ok, err := d.GetOkErr(name)
+	if err != nil || !ok {
+		return 0, ok, err
+	}
+	return time.Duration(v.(int)) * time.Second, true, nil
+}
+
+// --- usage/report ---
+
+type gatewayReport struct {
+	tenant, keyID        string
+	requests, errs       uint64
+	latencySumMicro, max uint64
+}
+
+func (b *backend) pathUsageReport(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	raw, ok, err := d.GetOkErr("reports")
+	if err != nil {
+		return fieldError("reports", err), nil
+	}
+	if !ok {
+		return logical.ErrorResponse("missing reports"), nil
+	}
+	list := raw.([]interface{})
+	if len(list) == 0 {
+		return logical.ErrorResponse("reports must hold at least one entry"), nil
+	}
+	if len(list) > maxReportEntries {
+		return logical.ErrorResponse("reports must hold at most %d entries, got %d", maxReportEntries, len(list)), nil
+	}
+	reports := make([]gatewayReport, len(list))
+	for i, item := range list {
+		r, err := parseReport(item)
+		if err != nil {
+			return logical.ErrorResponse("invalid reports[%d].%s", i, err.Error()), nil
+		}
+		reports[i] = r
+	}
+	// All validated before anything is counted: a bad batch counts nothing.
+	type rejected struct {
+		Index  int    `json:"index"`
+		KeyID  string `json:"key_id"`
+		Reason string `json:"reason"`
+	}
+	var rej []rejected
+	accepted := 0
+	for i, r := range reports {
+		hash, err := b.keyOfTenant(ctx, req.Storage, r.tenant, r.keyID)
+		if err != nil {
+			return nil, err
+		}
+		if hash == nil {
+			rej = append(rej, rejected{Index: i, KeyID: r.keyID, Reason: "no such key of this tenant"})
+			continue
+		}
+		b.recordReport(r, hash)
+		accepted++
+	}
+	out := make([]interface{}, len(rej))
+	for i, r := range rej {
+		out[i] = map[string]interface{}{"index": r.Index, "key_id": r.KeyID, "reason": r.Reason}
+	}
+	return &logical.Response{Data: map[string]interface{}{"accepted": accepted, "rejected": out}}, nil
+}
+
+// keyOfTenant finds the key's HMAC if the key exists and belongs to the
+// tenant, from memory when this node has seen the key, else from its index
+// entry: a gateway can neither invent keys nor book traffic on another
+// tenant.
+func (b *backend) keyOfTenant(ctx context.Context, s logical.Storage, tenant, id string) (*[32]byte, error) {
+	if k := b.usage.peekKey(id); k != nil {
+		if k.tenant != tenant {
+			return nil, nil
+		}
+		return &k.hash, nil
+	}
+	p, err := readKeyPointer(ctx, s, tenant, id)
+	if err != nil || p == nil {
+		return nil, err
+	}
+	h, ok := parseHash(p.Hash)
+	if !ok {
+		return nil, fmt.Errorf("key %q of tenant %q has a malformed hash", id, tenant)
+	}
+	return &h, nil
+}
+
+func (b *backend) recordReport(r gatewayReport, hash *[32]byte) {
+	k := b.usage.key(r.tenant, r.keyID, "", hash)
+	k.requests.Add(r.requests)
+	k.errors.Add(r.errs)
+	k.latencyMicro.Add(r.latencySumMicro)
+	for {
+		cur := k.latencyMax.Load()
+		if r.max <= cur || k.latencyMax.CompareAndSwap(cur, r.max) {
+			break
+		}
+	}
+	k.dirty.Store(true)
+	t := k.tu
+	t.requests.Add(r.requests)
+	t.errors.Add(r.errs)
+	t.latencyMicro.Add(r.latencySumMicro)
+	t.dirty.Store(true)
+}
+
+// parseReport validates one entry; its error starts with the field name.
+func parseReport(item interface{}) (gatewayReport, error) {
+	m, ok := item.(map[string]interface{})
+	if !ok {
+		return gatewayReport{}, fmt.Errorf("entry: must be an object")
+	}
+	var r gatewayReport
+	r.tenant, _ = m["tenant"].(string)
+	if err := validateName("tenant", r.tenant); err != nil {
+		return r, fmt.Errorf("tenant: %w", err)
+	}
+	r.keyID, _ = m["key_id"].(string)
+	if _, err := uuid.ParseUUID(r.keyID); err != nil {
+		// The value is not echoed: a gateway that mixes up its fields
+		// would send the API key itself here.
+		return r, fmt.Errorf("key_id: not a key id (a UUID)")
+	}
+	var err error
+	if r.requests, err = nonNegative(m, "requests", 1); err != nil {
+		return r, err
+	}
+	if r.errs, err = nonNegative(m, "errors", 1); err != nil {
+		return r, err
+	}
+	if r.errs > r.requests {
+		return r, fmt.Errorf("errors: %d exceeds requests (%d)", r.errs, r.requests)
+	}
+	if r.latencySumMicro, err = nonNegative(m, "upstream_latency_ms_sum", 1000); err != nil {
+		return r, err
+	}
+	if r.max, err = nonNegative(m, "upstream_latency_ms_max", 1000); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+// nonNegative reads an optional number field, times scale, as an integer.
+func nonNegative(m map[string]interface{}, field string, scale float64) (uint64, error) {
+	raw, ok := m[field]
+	if !ok || raw == nil {
+		return 0, nil
+	}
+	var f float64
+	switch v := raw.(type) {
+	case json.Number:
+		var err error
+		if f, err = v.Float64(); err != nil {
+			return 0, fmt.Errorf("%s: %q is not a number", field, v)
+		}
+	case float64:
+		f = v
+	case int:
+		f = float64(v)
+	case int64:
+		f = float64(v)
+	case string:
+		var err error
+		if f, err = strconv.ParseFloat(v, 64); err != nil {
+			return 0, fmt.Errorf("%s: %q is not a number", field, v)
+		}
+	default:
+		return 0, fmt.Errorf("%s: must be a number", field)
+	}
+	if f < 0 || math.IsNaN(f) || math.IsInf(f, 0) || f*scale > 1e15 {
+		return 0, fmt.Errorf("%s: %v is out of range", field, raw)
+	}
+	return uint64(math.Round(f * scale)), nil
+}
+
+// --- tenants/<tenant>/usage and the key read ---
+
+// keyUsageData is what the key read and the usage read show of a key.
+func keyUsageData(u keyUsageRecord) map[string]interface{} {
+	data := map[string]interface{}{
+		"last_used_at":            timeOrNil(u.LastUsedAt),
+		"verify_count":            u.VerifyCount,
+		"requests":                u.Requests,
+		"errors":                  u.Errors,
+		"upstream_latency_ms_avg": nil,
+		"upstream_latency_ms_max": nil,
+	}
+	if u.Requests > 0 {
+		data["upstream_latency_ms_avg"] = math.Round(float64(u.LatencyMicro)/float64(u.Requests)) / 1000
+		data["upstream_latency_ms_max"] = float64(u.LatencyMax) / 1000
+	}
+	return data
+}
+
+// withKeyUsage adds a key's usage to its read response (the hook of
+// tenants/<tenant>/keys/<key_id>). Usage that cannot be read leaves the
+// fields out with a warning rather than failing the read.
+func (b *backend) withKeyUsage(ctx context.Context, s logical.Storage, e *keyEntry, data map[string]interface{}) *logical.Response {
+	resp := &logical.Response{Data: data}
+	u, err := b.usage.keyUsageOf(ctx, s, e.Tenant, e.KeyID)
+	if err != nil {
+		b.Logger().Warn("key usage unreadable", "tenant", e.Tenant, "key_id", e.KeyID, "error", err)
+		resp.AddWarning("usage figures unavailable: " + err.Error())
+		return resp
+	}
+	for k, v := range keyUsageData(u) {
+		data[k] = v
+	}
+	return resp
+}
+
+func (b *backend) pathTenantUsageRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	tenant := d.Get("tenant").(string)
+	if err := validateName("tenant", tenant); err != nil {
+		return fieldError("tenant", err), nil
+	}
+	mcfg := b.usage.cfg.Load()
+	staleAfter := mcfg.StaleAfter
+	if v, ok, err := d.GetOkErr("stale_after"); err != nil {
+		return fieldError("stale_after", err), nil
+	} else if ok {
+		if v.(int) <= 0 {
+			return logical.ErrorResponse("stale_after must be positive"), nil
+		}
+		staleAfter = time.Duration(v.(int)) * time.Second
+	}
+	limit := d.Get("limit").(int)
+	if limit < 0 || limit > maxUsageKeys {
+		return logical.ErrorResponse("limit must be between 0 and %d", maxUsageKeys), nil
+	}
+	t, err := readTenant(ctx, req.Storage, tenant)
+	if err != nil {
+		return nil, err
+	}
+	if t == nil {
+		return logical.ErrorResponse("unknown tenant %q", tenant), nil
+	}
+	cfg, err := readConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	tu, err := b.usage.tenantUsageOf(ctx, req.Storage, tenant)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := req.Storage.List(ctx, keyIndexPrefix(tenant))
+	if err != nil {
+		return nil, fmt.Errorf("list keys of tenant %q: %w", tenant, err)
+	}
+	sort.Strings(ids)
+	now := time.Now()
+	truncated := len(ids) > maxUsageKeys
+	if truncated {
+		ids = ids[:maxUsageKeys]
+	}
+	keys := map[string]interface{}{}
+	stale, expiring := []string{}, []string{}
+	var nStale, nExpiring int
+	for _, id := range ids {
+		e, err := readTenantKey(ctx, req.Storage, tenant, id)
+		if err != nil {
+			return nil, err
+		}
+		if e == nil {
+			continue
+		}
+		u, err := b.usage.keyUsageOf(ctx, req.Storage, tenant, id)
+		if err != nil {
+			return nil, err
+		}
+		last := e.CreatedAt
+		if u.LastUsedAt.After(last) {
+			last = u.LastUsedAt
+		}
+		kd := keyUsageData(u)
+		kd["kind"], kd["role"] = e.Kind, e.Role
+		kd["stale"] = now.Sub(last) >= staleAfter
+		kd["expires_at"] = timeOrNil(e.ExpiresAt)
+		if kd["stale"].(bool) {
+			nStale++
+			if len(stale) < limit {
+				stale = append(stale, id)
+			}
+		}
+		if !e.ExpiresAt.IsZero() && now.Before(e.ExpiresAt) && !now.Add(cfg.ExpiryWarning).Before(e.ExpiresAt) {
+			nExpiring++
+			if len(expiring) < limit {
+				expiring = append(expiring, id)
+			}
+		}
+		if len(keys) < limit {
+			keys[id] = kd
+		}
+	}
+	var verifies uint64
+	for _, n := range tu.VerifyByCode {
+		verifies += n
+	}
+	gateway := map[string]interface{}{"requests": tu.Requests, "errors": tu.Errors, "upstream_latency_ms_avg": nil}
+	if tu.Requests > 0 {
+		gateway["upstream_latency_ms_avg"] = math.Round(float64(tu.LatencyMicro)/float64(tu.Requests)) / 1000
+	}
+	return &logical.Response{Data: map[string]interface{}{
+		"tenant":            tenant,
+		"verify_count":      verifies,
+		"verify_by_code":    nonNilCounts(tu.VerifyByCode),
+		"verify_by_role":    nonNilCounts(tu.VerifyByRole),
+		"keys_active":       len(ids),
+		"keys_issued":       tu.Issued,
+		"keys_revoked":      tu.Revoked,
+		"keys_stale":        nStale,
+		"keys_expiring":     nExpiring,
+		"stale_after":       int64(staleAfter.Seconds()),
+		"expiry_warning":    int64(cfg.ExpiryWarning.Seconds()),
+		"stale_keys":        stale,
+		"expiring_keys":     expiring,
+		"keys":              keys,
+		"keys_truncated":    truncated || len(ids) > limit,
+		"rotations":         tu.Rotations,
+		"rotation_failures": tu.RotationFailures,
+		"anomalies":         tu.Anomalies,
+		"gateway":           gateway,
+	}}, nil
+}
+
+func nonNilCounts(m map[string]uint64) map[string]uint64 {
+	if m == nil {
+		return map[string]uint64{}
+	}
+	return m
+}
+
+const pathTenantUsageHelpSyn = `Read a tenant's usage.`
+
+const pathTenantUsageHelpDesc = `
+Totals since the tenant's first use (stored by the active node about once a
+minute, plus what this node counted since):
+
+  verify_count, verify_by_code, verify_by_role   verify answers
+  keys_active, keys_issued, keys_revoked         key counts
+  keys_stale, stale_keys                         keys not verified for
+                                                 stale_after (default from
+                                                 config/monitoring)
+  keys_expiring, expiring_keys                   keys inside config's
+                                                 expiry_warning
+  keys                                           per key: verify_count,
+                                                 last_used_at, gateway
+                                                 requests/errors/latency
+  rotations, rotation_failures, anomalies
+  gateway                                        what gateways reported
+                                                 through usage/report
+
+Lists hold at most limit keys. A read looks at every key of the tenant (up
+to 10000), so it is an operator's read, not a per-request one. On a
+performance standby, the figures are storage's plus that node's own counts.
+`
+
+const pathUsageReportHelpSyn = `Report per-key traffic seen by a gateway.`
+
+const pathUsageReportHelpDesc = `
+Gateways know what verify does not: how many requests a key made and how the
+upstream answered. Send them in batches (up to 1000 entries):
+
+  {"reports": [{"tenant": "acme", "key_id": "<uuid>", "requests": 120,
+                "errors": 3, "upstream_latency_ms_sum": 5400.5,
+                "upstream_latency_ms_max": 250}]}
+
+Entries for keys that do not exist or belong to another tenant are
+returned in rejected and not counted; a malformed entry fails the whole
+batch with a 400 naming it. Figures show in tenants/<tenant>/usage and
+tenants/<tenant>/keys/<key_id>. Give gateways "update" on this path next to
+verify.
+`
+
+const pathMonitorConfigHelpSyn = `Configure usage, anomaly detection, the key scan and notification delivery.`
+
+const pathMonitorConfigHelpDesc = `
+  anomaly_window            window of the failure and spike counters (60s)
+  tenant_failure_threshold  failed verifications of a tenant per window (100)
+  ip_failure_threshold      failed verifications from a client_ip per window (20)
+  key_spike_factor          a key's verifications per window against its own
+                            average of earlier windows (10x) ...
+  key_spike_minimum         ... and at least this many (100)
+  stale_after               unused keys reported stale (30 days)
+  usage_retention           revoked keys' usage kept (35 days)
+  scan_interval, scan_batch how the active node walks keys for key-expiring
+                            and revoke_unused_after (1000 keys per minute)
+  flush_max_writes          storage writes per usage flush (500)
+  delivery_max_attempts, delivery_retry_base, delivery_retry_max,
+  delivery_timeout          webhook retries (12 attempts, 2s doubling to 10m,
+                            10s per attempt)
+
+Each threshold raises one verify-anomaly per window and subject, not one per
+request. Durations take Go syntax ("250ms", "1h") or seconds.
+`

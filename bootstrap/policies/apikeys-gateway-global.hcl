@@ -1,0 +1,21 @@
+# apikeys-gateway-global: a shared gateway in front of every tenant checks
+# any key and reports the traffic it served, and can do nothing else.
+#
+# Kept apart from apikeys-gateway on purpose: one policy granting both the
+# global and the tenant path would let every tenant's gateway verify (and so
+# read the metadata of) other tenants' keys. Needs no tenant in identity.
+#
+# bootstrap/policies.sh renders this file: "apikeys/" at the start of a path
+# becomes the mount path.
+
+path "apikeys/verify" {
+  capabilities = ["read", "update"]
+}
+
+# Report the traffic served per key (requests, errors, upstream latency).
+# The engine books a report only on a key of the tenant it names. Not in
+# apikeys-gateway: this path is global, so one tenant's gateway could book
+# traffic on another tenant's keys.
+path "apikeys/usage/report" {
+  capabilities = ["update"]
+}
