@@ -100,8 +100,10 @@ func (b *backend) loadKnown(ctx context.Context, s logical.Storage) {
 			set[h] = struct{}{}
 		}
 	}
+	// Counted before finish publishes the map to concurrent writers.
+	n := len(set)
 	if k.finish(set) {
-		b.Logger().Debug("key hashes loaded", "count", len(set))
+		b.Logger().Debug("key hashes loaded", "count", n)
 	}
 }
 

@@ -32,6 +32,9 @@ type verifyInput struct {
 	ClientIP       netip.Addr
 }
 
+// verifyOutcome carries the key for every answer about a found key of the
+// right tenant (usage and metrics attribute it); verifyResponse shows its
+// details only when VALID. NOT_FOUND never carries one.
 type verifyOutcome struct {
 	Code string
 	Key  *cachedKey
@@ -192,7 +195,7 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput
 	// Expiry is checked here even though the lease revokes the key: a revoke
 	// that has not run yet (or failed) must not keep a key alive.
 	if k.expiresAt != 0 && now.UnixNano() >= k.expiresAt {
-		return verifyOutcome{Code: codeExpired}, nil
+		return verifyOutcome{Code: codeExpired, Key: k}, nil
 	}
 	t, err := b.lookupTenant(ctx, s, k.entry.Tenant)
 	if err != nil {
@@ -202,17 +205,17 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput
 		return verifyOutcome{Code: codeNotFound}, nil
 	}
 	if t.Status == tenantSuspended {
-		return verifyOutcome{Code: codeTenantSuspended}, nil
+		return verifyOutcome{Code: codeTenantSuspended, Key: k}, nil
 	}
 	if !k.allowsIP(in.ClientIP) {
-		return verifyOutcome{Code: codeIPNotAllowed}, nil
+		return verifyOutcome{Code: codeIPNotAllowed, Key: k}, nil
 	}
 	if !k.hasScopes(in.RequiredScopes) {
-		return verifyOutcome{Code: codeInsufficientScope}, nil
+		return verifyOutcome{Code: codeInsufficientScope, Key: k}, nil
 	}
 	// Only requests that would otherwise pass spend the key's allowance.
 	if k.entry.RateLimit > 0 && !b.limiter.allow(k.entry.KeyID, k.entry.RateLimit, k.entry.RateLimitPeriod, now) {
-		return verifyOutcome{Code: codeRateLimited}, nil
+		return verifyOutcome{Code: codeRateLimited, Key: k}, nil
 	}
 	return verifyOutcome{Code: codeValid, Key: k}, nil
 }

@@ -469,10 +469,8 @@ func (b *backend) recordVerify(in *verifyInput, out verifyOutcome, start time.Ti
 		return
 	}
 
+	// verify hands over the key for every refusal about a found key.
 	var tenant string
-	if out.Key == nil && out.Code != codeNotFound && out.Code != codeMalformed {
-		out.Key = b.cachedKeyOf(in.APIKey)
-	}
 	switch {
 	case out.Key != nil:
 		tenant = out.Key.entry.Tenant
@@ -496,21 +494,6 @@ func (b *backend) recordVerify(in *verifyInput, out verifyOutcome, start time.Ti
 			b.raiseAnomaly(anomaly{Kind: anomalyIPFailures, Tenant: tenant, ClientIP: in.ClientIP.String(), Count: int64(n), Threshold: int64(cfg.IPFailureThreshold), Window: cfg.AnomalyWindow})
 		}
 	}
-}
-
-// cachedKeyOf finds the key behind a refusal that implies the key exists
-// (EXPIRED, TENANT_SUSPENDED, IP_NOT_ALLOWED, INSUFFICIENT_SCOPE,
-// RATE_LIMITED): verify's outcome carries the key only when it is VALID.
-// It costs one HMAC and reads only the cache, never storage; only refused
-// verifies pay it.
-func (b *backend) cachedKeyOf(apiKey string) *cachedKey {
-	b.pepperMu.RLock()
-	st := b.hasher
-	b.pepperMu.RUnlock()
-	if st == nil || st.hasher == nil {
-		return nil
-	}
-	return b.cache.getKey(st.hasher.Sum(apiKey))
 }
 
 // setDirty writes the flag only when it changes: on a busy key it is
