@@ -177,3 +177,40 @@ func assertEveryRecordIndexed(t *testing.T, s logical.Storage, n int) {
 		}
 	}
 }
+
+// TestUsageFlushSurvivesAFailureAtEveryWrite: a flush that fails at any of
+// its writes leaves every stored usage entry whole (each is one write) and
+// the unwritten ones dirty, so the next flush completes the figures.
+func TestUsageFlushSurvivesAFailureAtEveryWrite(t *testing.T) {
+	for n := 1; ; n++ {
+		b, s := newTestBackend(t)
+		k1, id1, _ := setupAcme(t, b, s)
+		k2 := b.do(t, s, logical.ReadOperation, "tenants/acme/creds/web", nil).Data["api_key"].(string)
+		for _, k := range []string{k1, k1, k2} {
+			b.do(t, s, logical.UpdateOperation, "verify", map[string]interface{}{"api_key": k})
+		}
+		ctx := context.Background()
+		s.reset()
+		s.failAt, s.failOnce = n, true
+		_, err := b.usage.flush(ctx, s, 100, time.Now())
+		s.failAt, s.failOnce = 0, false
+		if err == nil {
+			if n == 1 {
+				t.Fatal("the flush wrote nothing")
+			}
+			t.Logf("usage flush: %d writes, each failed in turn", n-1)
+			return
+		}
+		if _, err := b.usage.flush(ctx, s, 100, time.Now()); err != nil {
+			t.Fatalf("write %d: retry: %v", n, err)
+		}
+		tu, err := readTenantUsage(ctx, s, "acme")
+		if err != nil || tu == nil || tu.VerifyByCode[codeValid] != 3 {
+			t.Fatalf("write %d: tenant usage after retry: %+v %v", n, tu, err)
+		}
+		ku, err := readKeyUsage(ctx, s, "acme", id1)
+		if err != nil || ku == nil || ku.VerifyCount != 2 {
+			t.Fatalf("write %d: key usage after retry: %+v %v", n, ku, err)
+		}
+	}
+}

@@ -308,7 +308,7 @@ func setup(ctx context.Context, srv *testvault.Server, logger *log.Logger) ([]ta
 	}
 	// GET verify reads the key from this header; Vault forwards it only
 	// when the mount is tuned for it.
-	if err := c.Sys().TuneMountWithContext(ctx, mount, api.MountConfigInput{PassthroughRequestHeaders: []string{"X-Api-Key"}}); err != nil {
+	if err := c.Sys().TuneMountAllowNilWithContext(ctx, mount, api.TuneMountConfigInput{PassthroughRequestHeaders: &[]string{"X-Api-Key"}}); err != nil {
 		return nil, fmt.Errorf("tune %s: %w", mount, err)
 	}
 	if _, err := c.Logical().WriteWithContext(ctx, mount+"/tenants/"+tenant, map[string]interface{}{}); err != nil {
