@@ -654,7 +654,10 @@ func (h *harness) checkRotations(oldActive, newActive *testvault.Node, killAt, n
 		for i := 1; i < len(hist); i++ {
 			prev, cur := hist[i-1], hist[i]
 			gap := cur.at.Sub(prev.at)
-			scheduled := prev.at.Add(rotationPeriod)
+			// Rotations are anchored to the static key's creation: the i-th
+			// is due at creation + i periods however late the one before it
+			// ran, so the schedule does not drift by the engine's tick.
+			scheduled := hist[0].at.Add(time.Duration(i) * rotationPeriod)
 			// A key due while no node was active is rotated once the new
 			// active node has started its engine, not earlier.
 			from := scheduled
@@ -677,8 +680,10 @@ func (h *harness) checkRotations(oldActive, newActive *testvault.Node, killAt, n
 					label, scheduled.Sub(killAt).Round(time.Millisecond), cur.at.Sub(killAt).Round(time.Millisecond),
 					cur.at.Sub(newActiveAt).Round(time.Millisecond), gap.Round(time.Millisecond))
 			}
-			if gap < rotationPeriod {
-				t.Errorf("%s: doubled rotation: %s and %s only %s apart", label, prev.keyID, cur.keyID, gap)
+			// Early means a second rotation for one due time: doubled.
+			if cur.at.Before(scheduled.Add(-time.Millisecond)) {
+				t.Errorf("%s: doubled rotation: %s at %s, %s before its due time (gap after %s: %s)",
+					label, cur.keyID, cur.at.Format("15:04:05.000"), scheduled.Sub(cur.at), prev.keyID, gap)
 			}
 			if late > rotationTick+lateSlack {
 				t.Errorf("%s: rotation to %s at %s is %s late (due %s): skipped or stalled",

@@ -631,3 +631,11 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	}
 	return nil
 }
+
+// PID is the node's server process id, or 0 when it is not running.
+func (n *Node) PID() int {
+	if !n.Running() {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
