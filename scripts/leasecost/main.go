@@ -98,7 +98,7 @@ func run(ctx context.Context, logger *log.Logger, n, workers int) error {
 	perLeaseKB := (afterLeased - base) * 1024 / float64(n)
 	perPlainKB := (afterPlain - afterLeased) * 1024 / float64(n)
 	fmt.Printf("machine:  %d CPUs, %s/%s, %s; Vault %s, one node, raft storage\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), vaultVersion(ctx, cl))
-	fmt.Printf("command:  %s\n\n", strings.Join(os.Args, " "))
+	fmt.Printf("command:  go run ./scripts/leasecost %s\n\n", strings.Join(os.Args[1:], " "))
 	fmt.Printf("keys per kind:            %d\n", n)
 	fmt.Printf("issue rate, leased:       %.0f keys/s\n", leasedRate)
 	fmt.Printf("issue rate, non-leased:   %.0f keys/s\n", plainRate)
