@@ -9,6 +9,7 @@
 #   make bench  in-process benchmarks and a load test against a real Vault
 #   make fuzz   a bounded run of every fuzz target (FUZZTIME each)
 #   make dev-smoke  make dev started, queried and stopped, unattended (CI)
+#   make lease-cost what a Vault lease per key costs (LEASE_KEYS of each kind)
 
 MODULE      := github.com/vault-apikeys/vault-plugin-secrets-apikeys
 PLUGIN      := vault-plugin-secrets-apikeys
@@ -19,8 +20,9 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TEST_TIMEOUT ?= 25m
 FUZZTIME    ?= 30s
 BENCHTIME   ?= 1s
+LEASE_KEYS  ?= 20000
 
-.PHONY: build dev test test-ha lint fmt vault bench fuzz dev-smoke
+.PHONY: build dev test test-ha lint fmt vault bench fuzz dev-smoke lease-cost
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
@@ -63,3 +65,6 @@ fuzz:
 
 dev-smoke: build vault
 	@PLUGIN_VERSION=$(VERSION) bash scripts/dev-smoke.sh
+
+lease-cost: vault
+	go run ./scripts/leasecost -keys $(LEASE_KEYS)
