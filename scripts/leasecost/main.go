@@ -59,13 +59,17 @@ func run(ctx context.Context, logger *log.Logger, n, workers int) error {
 	if err := c.Mount(ctx, "apikeys"); err != nil {
 		return err
 	}
-	for path, data := range map[string]map[string]interface{}{
-		"apikeys/tenants/load":             {"max_ttl": "768h"},
-		"apikeys/tenants/load/roles/lease": {"ttl": "720h", "max_ttl": "720h", "scopes": "read"},
-		"apikeys/tenants/load/roles/plain": {"ttl": "720h", "max_ttl": "720h", "scopes": "read", "leased": false},
+	// In order: the tenant before its roles.
+	for _, w := range []struct {
+		path string
+		data map[string]interface{}
+	}{
+		{"apikeys/tenants/load", map[string]interface{}{"max_ttl": "768h"}},
+		{"apikeys/tenants/load/roles/lease", map[string]interface{}{"ttl": "720h", "max_ttl": "720h", "scopes": "read"}},
+		{"apikeys/tenants/load/roles/plain", map[string]interface{}{"ttl": "720h", "max_ttl": "720h", "scopes": "read", "leased": false}},
 	} {
-		if _, err := cl.Logical().WriteWithContext(ctx, path, data); err != nil {
-			return fmt.Errorf("write %s: %w", path, err)
+		if _, err := cl.Logical().WriteWithContext(ctx, w.path, w.data); err != nil {
+			return fmt.Errorf("write %s: %w", w.path, err)
 		}
 	}
 
