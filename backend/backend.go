@@ -44,6 +44,9 @@ type backend struct {
 	pepperMu sync.RWMutex
 	hasher   *hasherState
 
+	// feed is the edge sync change feed and verifier secret (edge_sync.go).
+	feed edgeFeed
+
 	tidy   tidyState
 	tidyWG sync.WaitGroup
 	// stopCtx ends background work (tidy) when the backend is cleaned up.
@@ -84,6 +87,7 @@ func newBackend() *backend {
 			SealWrapStorage: []string{
 				configPath,
 				pepperPath,
+				verifierPath,
 				staticPrefix,
 				notifyTargetPrefix,
 			},
@@ -99,6 +103,7 @@ func newBackend() *backend {
 			b.pathTidy(),
 			b.pathConfig(),
 			b.pathVerify(),
+			b.pathSync(),
 			b.pathCreds(),
 			b.pathStaticKeys(),
 			b.pathOnboard(),
@@ -125,6 +130,8 @@ func (b *backend) invalidate(ctx context.Context, key string) {
 	switch {
 	case key == pepperPath:
 		b.resetHasher()
+	case key == feedHeadPath, key == verifierPath:
+		b.feed.reset()
 	case key == configPath:
 		b.forgetConfig()
 	case strings.HasPrefix(key, tenantPrefix):
@@ -149,6 +156,7 @@ func (b *backend) clean(ctx context.Context) {
 	b.known.reset()
 	b.limiter.reset()
 	b.resetHasher()
+	b.feed.reset()
 }
 
 // periodic runs about once a minute on every node (Vault's rollback
@@ -156,6 +164,7 @@ func (b *backend) clean(ctx context.Context) {
 func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 	b.periodicTidy(req)
 	b.periodicMonitoring(ctx, req)
+	b.periodicEdgeFeed(ctx, req)
 	return nil
 }
 

@@ -47,6 +47,9 @@ type keyEntry struct {
 	ExpiresAt time.Time `json:"expires_at"`
 	// InGrace marks a rotated-out static key: valid until ExpiresAt.
 	InGrace bool `json:"in_grace,omitempty"`
+	// EdgeHash is the key's HMAC under the edge verifier secret
+	// (edge_sync.go); empty for keys issued before edge sync existed.
+	EdgeHash string `json:"edge_hash,omitempty"`
 }
 
 type keyPointer struct {
@@ -169,7 +172,21 @@ func (b *backend) putKeyRecord(ctx context.Context, s logical.Storage, e *keyEnt
 	lock := b.hashLock(e.Hash)
 	lock.Lock()
 	defer lock.Unlock()
-	return b.putKeyRecordLocked(ctx, s, e)
+	// Edges hear of the key before it exists: a crash in between leaves
+	// them an entry for a key whose plaintext nobody ever got (tidy's
+	// revoke of the orphan index entry tombstones it), never a record that
+	// tidy cannot tell from a live key.
+	if err := b.edgeKeyWritten(ctx, s, e); err != nil {
+		return fmt.Errorf("record new key for edges: %w", err)
+	}
+	if err := b.putKeyRecordLocked(ctx, s, e); err != nil {
+		if derr := b.edgeKeyDeleted(ctx, s, e.Tenant, e.KeyID); derr != nil {
+			b.Logger().Warn("could not tell edges of a key that failed to issue; tidy will",
+				"tenant", e.Tenant, "key_id", e.KeyID, "error", derr)
+		}
+		return err
+	}
+	return nil
 }
 
 // updateKeyRecord changes an existing record under its hash lock, so a
@@ -186,6 +203,11 @@ func (b *backend) updateKeyRecord(ctx context.Context, s logical.Storage, hashHe
 	change(e)
 	if err := b.putKeyRecordLocked(ctx, s, e); err != nil {
 		return nil, err
+	}
+	// An edge that missed this would keep the old expiry or grace, so the
+	// caller sees the failure and retries (lease renew, rotation recovery).
+	if err := b.edgeKeyWritten(ctx, s, e); err != nil {
+		return nil, fmt.Errorf("record key change for edges: %w", err)
 	}
 	return e, nil
 }
@@ -250,5 +272,9 @@ func (b *backend) revokeKeyByHash(ctx context.Context, s logical.Storage, tenant
 	}
 	b.limiter.forget(id)
 	b.keyRevoked(ctx, s, tenant, id)
+	// Failing the revoke makes Vault retry it, so no edge keeps the key.
+	if err := b.edgeKeyDeleted(ctx, s, tenant, id); err != nil {
+		return fmt.Errorf("record revocation of key %q for edges: %w", id, err)
+	}
 	return nil
 }

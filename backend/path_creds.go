@@ -164,6 +164,10 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 		return nil, fmt.Errorf("generate key id: %w", err)
 	}
 	sum := h.Sum(apiKey)
+	edgeHash, err := b.edgeHashOf(ctx, req.Storage, apiKey)
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now().UTC()
 	md := maps.Clone(r.Metadata)
 	if md == nil {
@@ -177,6 +181,7 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 		Kind:            kindDynamic,
 		Name:            name,
 		Hash:            hex.EncodeToString(sum[:]),
+		EdgeHash:        edgeHash,
 		Environment:     r.Environment,
 		Scopes:          scopes,
 		AllowedCIDRs:    r.AllowedCIDRs,

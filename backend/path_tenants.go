@@ -206,6 +206,10 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 		return nil, err
 	}
 	now := time.Now().UTC()
+	oldStatus := ""
+	if t != nil {
+		oldStatus = t.Status
+	}
 	if t == nil {
 		if req.Operation == logical.UpdateOperation {
 			return logical.ErrorResponse("tenant %q does not exist", name), nil
@@ -276,6 +280,11 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	// while still holding the tenant lock so no fill can race it.
 	b.cache.deleteTenant(name)
 	b.tenantWritten(ctx, req.Storage, t)
+	if t.Status != oldStatus {
+		if err := b.edgeTenantStatus(ctx, req.Storage, name, t.Status); err != nil {
+			return nil, err
+		}
+	}
 	return nil, nil
 }
 
@@ -330,6 +339,9 @@ func (b *backend) pathTenantDelete(ctx context.Context, req *logical.Request, d 
 		return nil, fmt.Errorf("delete tenant %q: %w", name, err)
 	}
 	b.cache.deleteTenant(name)
+	if err := b.edgeTenantStatus(ctx, req.Storage, name, tenantDeleted); err != nil {
+		return nil, err
+	}
 	if len(ids) == 0 {
 		return nil, nil
 	}

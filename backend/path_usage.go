@@ -56,7 +56,7 @@ func (b *backend) pathUsage() []*framework.Path {
 			Fields: map[string]*framework.FieldSchema{
 				"reports": {
 					Type:        framework.TypeSlice,
-					Description: `Batch of up to 1000 objects {"tenant", "key_id", "requests", "errors", "upstream_latency_ms_sum", "upstream_latency_ms_max"}.`,
+					Description: `Batch of up to 1000 objects {"tenant", "key_id", "requests", "errors", "upstream_latency_ms_sum", "upstream_latency_ms_max", "last_used_at"} (last_used_at: unix seconds, sent by edge verifiers).`,
 					Required:    true,
 				},
 			},
@@ -251,6 +251,9 @@ type gatewayReport struct {
 	tenant, keyID        string
 	requests, errs       uint64
 	latencySumMicro, max uint64
+	// lastUsedSec (unix seconds) comes from edge verifiers, whose
+	// verifications Vault never sees.
+	lastUsedSec uint64
 }
 
 func (b *backend) pathUsageReport(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -336,6 +339,16 @@ func (b *backend) recordReport(r gatewayReport, hash *[32]byte) {
 			break
 		}
 	}
+	if r.lastUsedSec > 0 {
+		// A reporter's clock may run ahead; never record the future.
+		n := min(int64(r.lastUsedSec)*int64(time.Second), time.Now().UnixNano())
+		for {
+			cur := k.lastUsed.Load()
+			if n <= cur || k.lastUsed.CompareAndSwap(cur, n) {
+				break
+			}
+		}
+	}
 	k.dirty.Store(true)
 	t := k.tu
 	t.requests.Add(r.requests)
@@ -375,6 +388,9 @@ func parseReport(item interface{}) (gatewayReport, error) {
 		return r, err
 	}
 	if r.max, err = nonNegative(m, "upstream_latency_ms_max", 1000); err != nil {
+		return r, err
+	}
+	if r.lastUsedSec, err = nonNegative(m, "last_used_at", 1); err != nil {
 		return r, err
 	}
 	return r, nil

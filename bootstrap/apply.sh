@@ -86,6 +86,10 @@ else
 fi
 "$VAULT" write "sys/mounts/$mount/tune" @"$here/mount-tune.json" >/dev/null
 echo "tuned $mount/: audit shows key_id, tenant, role in clear; keys stay HMAC'd"
+# GET verify carries the key in this header: audit it HMAC'd, so that
+# sys/audit-hash finds a leaked key's GET verifies as well as its POSTs.
+"$VAULT" write sys/config/auditing/request-headers/X-Api-Key hmac=true >/dev/null
+echo "audit devices record X-Api-Key request headers, HMAC'd"
 
 if [ -n "$userpass_path" ]; then
   if ! mounted auth "$userpass_path"; then

@@ -94,7 +94,7 @@ var tierAllowsOwnTenant = map[string][]string{
 
 // tierAllowsGlobal: the global paths a tier may use.
 var tierAllowsGlobal = map[string][]string{
-	"gateway-global": {"verify update", "verify read", "usage/report update"},
+	"gateway-global": {"verify update", "verify read", "usage/report update", "sync/snapshot read", "sync/changes read"},
 }
 
 const platformAdmin = "platform-admin"
@@ -368,6 +368,22 @@ func probes() []probe {
 				}}
 			},
 			check: wantData("accepted", 1)},
+		// Edge verifiers' sync: it carries the verifier secret, so no
+		// tenant tier may read it.
+		{name: "sync/snapshot read", path: "sync/snapshot", op: "read",
+			check: func(_ *fixture, _ string, a answer) error {
+				if a.data["verifier_key"] == nil || a.data["keys"] == nil {
+					return fmt.Errorf("snapshot: %v", a.data)
+				}
+				return nil
+			}},
+		{name: "sync/changes read", path: "sync/changes", op: "read",
+			check: func(_ *fixture, _ string, a answer) error {
+				if a.data["changes"] == nil {
+					return fmt.Errorf("changes: %v", a.data)
+				}
+				return nil
+			}},
 		{name: "config/monitoring read", path: "config/monitoring", op: "read"},
 		{name: "config/monitoring update", path: "config/monitoring", op: "update", body: body(map[string]interface{}{})},
 		{name: "metrics read", path: "metrics", op: "read", check: func(_ *fixture, _ string, a answer) error {

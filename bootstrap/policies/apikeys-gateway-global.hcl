@@ -19,3 +19,13 @@ path "apikeys/verify" {
 path "apikeys/usage/report" {
   capabilities = ["update"]
 }
+
+# Edge verifiers (cmd/apikeys-edge) load the keys they verify from these.
+# The snapshot carries the mount's verifier secret: see docs/edge.md.
+path "apikeys/sync/snapshot" {
+  capabilities = ["read"]
+}
+
+path "apikeys/sync/changes" {
+  capabilities = ["read"]
+}

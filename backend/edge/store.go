@@ -1,0 +1,233 @@
+// Package edge is the edge verifier: it keeps the keys of one apikeys mount
+// in memory, synced from Vault's sync/snapshot and sync/changes paths, and
+// answers verify questions with the same codes as the mount's verify path.
+// cmd/apikeys-edge serves it over HTTP; Middleware embeds it in a Go service.
+package edge
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
+)
+
+// Verify answer codes, the same as the verify path's.
+const (
+	CodeValid             = "VALID"
+	CodeMalformed         = "MALFORMED"
+	CodeNotFound          = "NOT_FOUND"
+	CodeExpired           = "EXPIRED"
+	CodeTenantSuspended   = "TENANT_SUSPENDED"
+	CodeInsufficientScope = "INSUFFICIENT_SCOPE"
+	CodeIPNotAllowed      = "IP_NOT_ALLOWED"
+	CodeRateLimited       = "RATE_LIMITED"
+
+	tenantSuspended = "suspended"
+	tenantDeleted   = "deleted"
+)
+
+// wireKey is one key as the sync paths send it (backend/edge_sync.go).
+type wireKey struct {
+	EdgeHash        string            `json:"edge_hash"`
+	KeyID           string            `json:"key_id"`
+	Tenant          string            `json:"tenant"`
+	Role            string            `json:"role"`
+	Kind            string            `json:"kind"`
+	Environment     string            `json:"environment"`
+	Scopes          []string          `json:"scopes"`
+	AllowedCIDRs    []string          `json:"allowed_cidrs"`
+	RateLimit       int               `json:"rate_limit"`
+	RateLimitPeriod int64             `json:"rate_limit_period"`
+	Metadata        map[string]string `json:"metadata"`
+	ExpiresAt       string            `json:"expires_at"`
+	InGrace         bool              `json:"in_grace"`
+}
+
+type wireChange struct {
+	Seq          uint64   `json:"seq"`
+	Op           string   `json:"op"`
+	Key          *wireKey `json:"key"`
+	KeyID        string   `json:"key_id"`
+	Tenant       string   `json:"tenant"`
+	TenantStatus string   `json:"tenant_status"`
+}
+
+// key is a wireKey prepared once for verification.
+type key struct {
+	w         *wireKey
+	hash      [32]byte
+	cidrs     []netip.Prefix
+	expiresAt int64 // unix nanoseconds; 0 never
+	limiter   *rate.Limiter
+
+	// used and lastUsed (unix seconds) feed usage/report (usage.go).
+	used     atomic.Uint64
+	lastUsed atomic.Int64
+}
+
+// markUsed stores lastUsed only when the second changes, so concurrent
+// checks of one hot key do not all write the same cache line.
+func (k *key) markUsed(now time.Time) {
+	k.used.Add(1)
+	if s := now.Unix(); k.lastUsed.Load() != s {
+		k.lastUsed.Store(s)
+	}
+}
+
+func newKey(w *wireKey) (*key, error) {
+	k := &key{w: w}
+	b, err := hex.DecodeString(w.EdgeHash)
+	if err != nil || len(b) != len(k.hash) {
+		return nil, fmt.Errorf("key %q: bad edge hash", w.KeyID)
+	}
+	copy(k.hash[:], b)
+	if w.ExpiresAt != "" {
+		t, err := time.Parse(time.RFC3339Nano, w.ExpiresAt)
+		if err != nil {
+			return nil, fmt.Errorf("key %q: expires_at: %w", w.KeyID, err)
+		}
+		k.expiresAt = t.UnixNano()
+	}
+	for _, c := range w.AllowedCIDRs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("key %q: allowed_cidrs: %w", w.KeyID, err)
+		}
+		k.cidrs = append(k.cidrs, p)
+	}
+	w.Scopes = slices.Clone(w.Scopes)
+	slices.Sort(w.Scopes)
+	if w.RateLimit > 0 && w.RateLimitPeriod > 0 {
+		// Per edge, as the plugin's limits are per Vault node.
+		k.limiter = rate.NewLimiter(rate.Limit(float64(w.RateLimit)/float64(w.RateLimitPeriod)), w.RateLimit)
+	}
+	return k, nil
+}
+
+func (k *key) allowsIP(ip netip.Addr) bool {
+	if len(k.cidrs) == 0 {
+		return true
+	}
+	if !ip.IsValid() {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, p := range k.cidrs {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func (k *key) hasScopes(required []string) bool {
+	for _, s := range required {
+		if _, ok := slices.BinarySearch(k.w.Scopes, s); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// store is the in-memory copy of the mount. Readers take the read lock
+// only; the sync loop is the only writer.
+type store struct {
+	mu      sync.RWMutex
+	hasher  *keyformat.Hasher
+	byHash  map[[32]byte]*key
+	byID    map[string][32]byte
+	tenants map[string]string
+	seq     uint64
+	loaded  bool
+}
+
+func newStore() *store {
+	return &store{byHash: map[[32]byte]*key{}, byID: map[string][32]byte{}, tenants: map[string]string{}}
+}
+
+// replace swaps in a freshly loaded snapshot in one step, so verification
+// never sees half of one.
+func (s *store) replace(n *store) {
+	s.mu.Lock()
+	s.hasher, s.byHash, s.byID, s.tenants, s.seq, s.loaded = n.hasher, n.byHash, n.byID, n.tenants, n.seq, true
+	s.mu.Unlock()
+}
+
+func (s *store) upsertLocked(k *key) {
+	if old, ok := s.byID[k.w.KeyID]; ok && old != k.hash {
+		delete(s.byHash, old)
+	}
+	if prev, ok := s.byHash[k.hash]; ok {
+		k.used.Add(prev.used.Swap(0))
+		k.lastUsed.Store(prev.lastUsed.Load())
+	}
+	// Keep the bucket across updates (a renew), so a renew does not refill it.
+	if prev, ok := s.byHash[k.hash]; ok && prev.limiter != nil && k.limiter != nil &&
+		prev.w.RateLimit == k.w.RateLimit && prev.w.RateLimitPeriod == k.w.RateLimitPeriod {
+		k.limiter = prev.limiter
+	}
+	s.byHash[k.hash] = k
+	s.byID[k.w.KeyID] = k.hash
+}
+
+func (s *store) deleteLocked(id string) {
+	if h, ok := s.byID[id]; ok {
+		delete(s.byHash, h)
+		delete(s.byID, id)
+	}
+}
+
+func (s *store) setTenantLocked(name, status string) {
+	if status == tenantDeleted {
+		delete(s.tenants, name)
+		return
+	}
+	s.tenants[name] = status
+}
+
+// apply applies changes in order; a change whose key cannot be parsed is an
+// error, so the caller resyncs instead of silently missing a key.
+func (s *store) apply(changes []wireChange, seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range changes {
+		switch c.Op {
+		case "upsert":
+			if c.Key == nil {
+				return fmt.Errorf("change %d: upsert without a key", c.Seq)
+			}
+			k, err := newKey(c.Key)
+			if err != nil {
+				return fmt.Errorf("change %d: %w", c.Seq, err)
+			}
+			s.upsertLocked(k)
+		case "delete":
+			s.deleteLocked(c.KeyID)
+		case "tenant":
+			s.setTenantLocked(c.Tenant, c.TenantStatus)
+		default:
+			return fmt.Errorf("change %d: unknown op %q", c.Seq, c.Op)
+		}
+	}
+	s.seq = seq
+	return nil
+}
+
+func (s *store) size() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.byHash)
+}
+
+func (s *store) currentSeq() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.seq
+}

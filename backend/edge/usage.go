@@ -1,0 +1,95 @@
+package edge
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// maxReportBatch is usage/report's limit per request.
+const maxReportBatch = 1000
+
+type usageEntry struct {
+	Tenant     string `json:"tenant"`
+	KeyID      string `json:"key_id"`
+	Requests   uint64 `json:"requests"`
+	LastUsedAt int64  `json:"last_used_at"`
+}
+
+// startUsageReports sends, every UsageInterval and once more at the end,
+// what keys verified from memory were used, so the mount's usage (last
+// used, requests) stays right although Vault never saw the checks.
+func (e *Edge) startUsageReports(ctx context.Context) func() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(e.cfg.UsageInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				final, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				e.reportUsage(final)
+				cancel()
+				return
+			case <-t.C:
+				e.reportUsage(ctx)
+			}
+		}
+	}()
+	return func() { <-done }
+}
+
+func (e *Edge) collectUsage() []usageEntry {
+	s := e.store
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []usageEntry
+	for _, k := range s.byHash {
+		if n := k.used.Swap(0); n > 0 {
+			out = append(out, usageEntry{Tenant: k.w.Tenant, KeyID: k.w.KeyID, Requests: n, LastUsedAt: k.lastUsed.Load()})
+		}
+	}
+	return out
+}
+
+// giveBack returns counts that could not be sent, so the next report
+// carries them.
+func (e *Edge) giveBack(entries []usageEntry) {
+	s := e.store
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, u := range entries {
+		if h, ok := s.byID[u.KeyID]; ok {
+			s.byHash[h].used.Add(u.Requests)
+		}
+	}
+}
+
+func (e *Edge) reportUsage(ctx context.Context) {
+	entries := e.collectUsage()
+	for len(entries) > 0 {
+		n := min(len(entries), maxReportBatch)
+		batch := entries[:n]
+		entries = entries[n:]
+		if err := e.sendUsage(ctx, batch); err != nil {
+			e.m.usageReported.WithLabelValues("error").Add(float64(len(batch)))
+			e.log.Warn("usage report failed; kept for the next one", "entries", len(batch), "error", err)
+			e.giveBack(batch)
+			e.giveBack(entries)
+			return
+		}
+		e.m.usageReported.WithLabelValues("ok").Add(float64(len(batch)))
+	}
+}
+
+func (e *Edge) sendUsage(ctx context.Context, batch []usageEntry) error {
+	reports := make([]interface{}, len(batch))
+	for i, u := range batch {
+		reports[i] = u
+	}
+	if _, err := e.client.Logical().WriteWithContext(ctx, e.cfg.Mount+"/usage/report", map[string]interface{}{"reports": reports}); err != nil {
+		return fmt.Errorf("write usage/report: %w", err)
+	}
+	return nil
+}

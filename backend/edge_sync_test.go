@@ -1,0 +1,195 @@
+package backend
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
+)
+
+func (b *backend) changes(t *testing.T, s logical.Storage, since uint64) ([]*feedChange, uint64) {
+	t.Helper()
+	resp := b.do(t, s, logical.ReadOperation, "sync/changes", map[string]interface{}{"since": int(since)})
+	return resp.Data["changes"].([]*feedChange), resp.Data["seq"].(uint64)
+}
+
+func TestEdgeFeedRecordsWritesOnly(t *testing.T) {
+	b, s := newTestBackend(t)
+	key, id, _ := setupAcme(t, b, s)
+
+	snap := b.do(t, s, logical.ReadOperation, "sync/snapshot", nil)
+	keys := snap.Data["keys"].([]*edgeKey)
+	if len(keys) != 1 || keys[0].KeyID != id || keys[0].Tenant != "acme" {
+		t.Fatalf("snapshot keys: %+v", keys)
+	}
+	if snap.Data["tenants"].(map[string]string)["acme"] != tenantActive {
+		t.Fatalf("snapshot tenants: %v", snap.Data["tenants"])
+	}
+	// The edge hashes a presented key with the secret it was given and
+	// finds the key's entry; the secret is not the storage pepper.
+	secret, err := base64.StdEncoding.DecodeString(snap.Data["verifier_key"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eh, err := keyformat.NewHasher(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := eh.Sum(key)
+	if hex.EncodeToString(sum[:]) != keys[0].EdgeHash {
+		t.Fatal("edge hash of the issued key does not match the snapshot")
+	}
+	ph, err := b.getHasher(context.Background(), s, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps := ph.Sum(key); hex.EncodeToString(ps[:]) == keys[0].EdgeHash {
+		t.Fatal("edge hash equals the storage hash: the verifier secret is the pepper")
+	}
+
+	all, seq := b.changes(t, s, 0)
+	// The new tenant's status, then the key.
+	if len(all) != 2 || all[0].Op != changeTenant || all[1].Op != changeUpsert || all[1].Key.KeyID != id {
+		t.Fatalf("changes after issue: %+v", all)
+	}
+	if snap.Data["seq"].(uint64) != seq {
+		t.Fatalf("snapshot seq %v, feed seq %d", snap.Data["seq"], seq)
+	}
+
+	// Verify, valid or not, records nothing and writes nothing.
+	s.reset()
+	for i := 0; i < 3; i++ {
+		b.do(t, s, logical.UpdateOperation, "verify", map[string]interface{}{"api_key": key})
+		b.do(t, s, logical.UpdateOperation, "verify", map[string]interface{}{"api_key": regenerate(t, key)})
+	}
+	if s.writes() != 0 {
+		t.Fatalf("verify wrote storage %d times", s.writes())
+	}
+	if c, _ := b.changes(t, s, seq); len(c) != 0 {
+		t.Fatalf("verify recorded changes: %+v", c)
+	}
+
+	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": tenantSuspended})
+	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"display_name": "Acme"})
+	b.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+id, nil)
+	c, last := b.changes(t, s, seq)
+	if len(c) != 2 {
+		t.Fatalf("want suspension and revocation only, got %+v", c)
+	}
+	if c[0].Op != changeTenant || c[0].Tenant != "acme" || c[0].TenantStatus != tenantSuspended {
+		t.Fatalf("suspension: %+v", c[0])
+	}
+	if c[1].Op != changeDelete || c[1].KeyID != id {
+		t.Fatalf("revocation: %+v", c[1])
+	}
+	if last != c[1].Seq {
+		t.Fatalf("seq %d, last change %d", last, c[1].Seq)
+	}
+}
+
+func TestEdgeFeedStaticRotation(t *testing.T) {
+	b, s := newTestBackend(t)
+	setupAcme(t, b, s)
+	_, seq := b.changes(t, s, 0)
+	b.do(t, s, logical.CreateOperation, "tenants/acme/static-keys/svc", map[string]interface{}{"role": "web", "rotation_period": "24h", "grace_period": "1h"})
+	_, seq2 := b.changes(t, s, seq)
+	b.do(t, s, logical.UpdateOperation, "tenants/acme/static-keys/svc/rotate", nil)
+	c, _ := b.changes(t, s, seq2)
+	var newKey, grace bool
+	for _, ch := range c {
+		if ch.Op == changeUpsert && ch.Key.Kind == kindStatic {
+			if ch.Key.InGrace {
+				grace = true
+			} else {
+				newKey = true
+			}
+		}
+	}
+	if !newKey || !grace {
+		t.Fatalf("rotation: want the new key and the old key in grace, got %+v", c)
+	}
+}
+
+func TestEdgeFeedCompactionAsksForResync(t *testing.T) {
+	b, s := newTestBackend(t)
+	setupAcme(t, b, s)
+	for i := 0; i < 4; i++ {
+		b.do(t, s, logical.ReadOperation, "tenants/acme/creds/web", nil)
+	}
+	_, seq := b.changes(t, s, 0)
+	if seq != 6 {
+		t.Fatalf("seq %d after a new tenant and 5 issues", seq)
+	}
+	n, err := b.feed.compact(context.Background(), s, 2)
+	if err != nil || n != 4 {
+		t.Fatalf("compact: removed %d, %v", n, err)
+	}
+	if c, _ := b.changes(t, s, 4); len(c) != 2 {
+		t.Fatalf("kept changes: %d", len(c))
+	}
+	for _, since := range []int{0, 3, 7} {
+		_, err := b.HandleRequest(context.Background(), &logical.Request{
+			Operation: logical.ReadOperation, Path: "sync/changes", Storage: s,
+			Data: map[string]interface{}{"since": since},
+		})
+		var coded logical.HTTPCodedError
+		if !errors.As(err, &coded) || coded.Code() != http.StatusGone || !strings.Contains(err.Error(), "resync") {
+			t.Fatalf("since=%d: want 410 resync, got %v", since, err)
+		}
+	}
+	// A fresh backend over the same storage (a restart) continues the
+	// sequence and keeps the compaction point.
+	b2, _ := newTestBackendOn(t, s)
+	b2.do(t, s, logical.ReadOperation, "tenants/acme/creds/web", nil)
+	if c, last := b2.changes(t, s, 6); len(c) != 1 || last != 7 {
+		t.Fatalf("after restart: %d changes, seq %d", len(c), last)
+	}
+}
+
+func TestEdgeFeedLongPoll(t *testing.T) {
+	b, s := newTestBackend(t)
+	setupAcme(t, b, s)
+	_, seq := b.changes(t, s, 0)
+	done := make(chan *logical.Response, 1)
+	start := time.Now()
+	go func() {
+		resp, err := b.HandleRequest(context.Background(), &logical.Request{
+			Operation: logical.ReadOperation, Path: "sync/changes", Storage: s,
+			Data: map[string]interface{}{"since": int(seq), "wait": 30},
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- resp
+	}()
+	time.Sleep(100 * time.Millisecond)
+	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": tenantSuspended})
+	resp := <-done
+	if c := resp.Data["changes"].([]*feedChange); len(c) != 1 || c[0].Op != changeTenant {
+		t.Fatalf("long poll: %+v", c)
+	}
+	if time.Since(start) > 20*time.Second {
+		t.Fatal("long poll was not woken by the change")
+	}
+
+	// With nothing to report, it returns empty after the wait.
+	resp = b.do(t, s, logical.ReadOperation, "sync/changes", map[string]interface{}{"since": int(seq + 1), "wait": 1})
+	if c := resp.Data["changes"].([]*feedChange); len(c) != 0 {
+		t.Fatalf("empty poll: %+v", c)
+	}
+	resp, _ = b.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.ReadOperation, Path: "sync/changes", Storage: s,
+		Data: map[string]interface{}{"since": int(seq), "wait": 3600},
+	})
+	if resp == nil || !resp.IsError() {
+		t.Fatalf("unbounded wait accepted: %v", resp)
+	}
+}

@@ -1,0 +1,123 @@
+// apikeys-edge verifies API keys next to a gateway from an in-memory copy of
+// one apikeys mount, synced from Vault. See docs/edge.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/api"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
+)
+
+func main() {
+	log := hclog.New(&hclog.LoggerOptions{Name: "apikeys-edge", Level: hclog.LevelFromString(env("EDGE_LOG_LEVEL", "info"))})
+	if err := run(log, os.Args[1:]); err != nil {
+		log.Error("apikeys-edge stopped", "error", err)
+		os.Exit(1)
+	}
+}
+
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v := os.Getenv(name); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+	}
+	return def
+}
+
+func run(log hclog.Logger, args []string) error {
+	fs := flag.NewFlagSet("apikeys-edge", flag.ContinueOnError)
+	// VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT… are read by the Vault client
+	// itself (api.DefaultConfig); the flags override them.
+	addr := fs.String("vault-addr", "", "Vault address (default: VAULT_ADDR)")
+	mount := fs.String("mount", env("EDGE_MOUNT", "apikeys"), "apikeys mount path (EDGE_MOUNT)")
+	roleID := fs.String("role-id", env("EDGE_ROLE_ID", ""), "AppRole role_id (EDGE_ROLE_ID); without it VAULT_TOKEN is used")
+	secretIDFile := fs.String("secret-id-file", env("EDGE_SECRET_ID_FILE", ""), "file holding the AppRole secret_id (EDGE_SECRET_ID_FILE; or EDGE_SECRET_ID)")
+	approleMount := fs.String("approle-mount", env("EDGE_APPROLE_MOUNT", "approle"), "AppRole auth mount (EDGE_APPROLE_MOUNT)")
+	listen := fs.String("listen", env("EDGE_LISTEN", "127.0.0.1:8089"), "listen address of /check, /healthz, /metrics (EDGE_LISTEN)")
+	staleness := fs.Duration("staleness", envDuration("EDGE_STALENESS", 30*time.Second), "serve from memory this long without a sync, then fail closed (EDGE_STALENESS)")
+	pollWait := fs.Duration("poll-wait", envDuration("EDGE_POLL_WAIT", 10*time.Second), "long-poll wait of the change feed (EDGE_POLL_WAIT)")
+	negTTL := fs.Duration("negative-ttl", envDuration("EDGE_NEGATIVE_TTL", 30*time.Second), "how long a NOT_FOUND from Vault is cached (EDGE_NEGATIVE_TTL)")
+	keyHeader := fs.String("key-header", env("EDGE_KEY_HEADER", ""), "header holding the key, read before Authorization: Bearer (EDGE_KEY_HEADER), e.g. X-Api-Key")
+	trustFwd := fs.Bool("trust-forwarded", os.Getenv("EDGE_TRUST_FORWARDED") == "true", "take the client IP from X-Real-IP / X-Forwarded-For (EDGE_TRUST_FORWARDED=true); only behind a gateway")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("parse flags: %w", err)
+	}
+
+	cfg := api.DefaultConfig()
+	if cfg.Error != nil {
+		return fmt.Errorf("vault client config: %w", cfg.Error)
+	}
+	if *addr != "" {
+		cfg.Address = *addr
+	}
+	// Long polls last PollWait; leave room for Vault's answer.
+	cfg.Timeout = *pollWait + 30*time.Second
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		return fmt.Errorf("vault client: %w", err)
+	}
+	secretID := os.Getenv("EDGE_SECRET_ID")
+	if *secretIDFile != "" {
+		b, err := os.ReadFile(*secretIDFile)
+		if err != nil {
+			return fmt.Errorf("read secret_id file: %w", err)
+		}
+		secretID = string(b)
+	}
+	e, err := edge.New(edge.Config{
+		Client: client, Mount: *mount, AppRoleMount: *approleMount, RoleID: *roleID, SecretID: secretID,
+		Staleness: *staleness, PollWait: *pollWait, NegativeTTL: *negTTL, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	srv := &http.Server{
+		Addr:              *listen,
+		Handler:           e.Handler(edge.HTTPOptions{KeyHeader: *keyHeader, TrustForwarded: *trustFwd}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- e.Run(ctx) }()
+	go func() {
+		log.Info("serving", "listen", *listen, "mount", *mount, "staleness", *staleness)
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("listen: %w", err)
+		}
+	}()
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if err != nil {
+			stop()
+			return err
+		}
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
