@@ -22,14 +22,18 @@ FUZZTIME    ?= 30s
 BENCHTIME   ?= 1s
 LEASE_KEYS  ?= 20000
 
-.PHONY: build dev test test-ha lint fmt vault bench fuzz dev-smoke lease-cost
+.PHONY: build dev test test-ha lint fmt vault tools bench fuzz dev-smoke lease-cost
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
 
 # The pinned Vault server, built once per machine (see scripts/vault.sh).
-vault:
+vault: tools
 	@bash scripts/vault.sh >/dev/null
+
+# curl, openssl, jq, … for bootstrap/ and the tests (installed when missing).
+tools:
+	@bash scripts/ensure-tools.sh
 
 dev: build vault
 	@PLUGIN_VERSION=$(VERSION) bash scripts/dev.sh

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the command-line tools that bootstrap/, the docs' replayed
+# commands and the tests call, when the machine lacks them (Debian/Ubuntu;
+# elsewhere it says what to install).
+set -euo pipefail
+need=()
+for tool in curl openssl jq sha256sum flock setsid; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+pkgs=()
+for tool in "${need[@]}"; do
+  case "$tool" in
+    sha256sum) pkgs+=(coreutils) ;;
+    flock|setsid) pkgs+=(util-linux) ;;
+    *) pkgs+=("$tool") ;;
+  esac
+done
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "==> Installing ${pkgs[*]} (needed by bootstrap/ and the tests)" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+else
+  echo "missing tools: ${need[*]}; install them (Debian packages: ${pkgs[*]})" >&2
+  exit 1
+fi
