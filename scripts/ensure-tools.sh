@@ -4,7 +4,7 @@
 # elsewhere it says what to install).
 set -euo pipefail
 need=()
-for tool in curl openssl jq sha256sum flock setsid; do
+for tool in curl openssl jq sha256sum flock setsid nginx; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -13,6 +13,8 @@ for tool in "${need[@]}"; do
   case "$tool" in
     sha256sum) pkgs+=(coreutils) ;;
     flock|setsid) pkgs+=(util-linux) ;;
+    # the edge verifier's auth_request test runs a real nginx
+    nginx) pkgs+=(nginx-light) ;;
     *) pkgs+=("$tool") ;;
   esac
 done

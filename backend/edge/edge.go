@@ -124,7 +124,7 @@ func New(cfg Config) (*Edge, error) {
 		cfg.UsageInterval = 10 * time.Second
 	}
 	if cfg.PageSize <= 0 {
-		cfg.PageSize = 1000
+		cfg.PageSize = 5000
 	}
 	if cfg.AppRoleMount == "" {
 		cfg.AppRoleMount = "approle"

@@ -199,3 +199,32 @@ func BenchmarkEdgeVerify(b *testing.B) {
 		}
 	})
 }
+
+// A key the edge does not hold is answered by Vault's verify, and its
+// answer passes through unchanged; only NOT_FOUND is cached.
+func TestFallthroughAsksVault(t *testing.T) {
+	calls := 0
+	vault := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls++
+		if r.URL.Path != "/v1/apikeys/verify" || r.Method != http.MethodPut {
+			t.Errorf("unexpected %s %s", r.Method, r.URL.Path)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"data":{"valid":true,"code":"VALID","key_id":"k9","tenant":"acme","role":"web","scopes":["read"],"kind":"dynamic","in_grace":false,"expires_at":null}}`))
+	}))
+	defer vault.Close()
+	e, _ := offlineEdge(t)
+	if err := e.client.SetAddress(vault.URL); err != nil {
+		t.Fatal(err)
+	}
+	k, _ := keyformat.Generate("ak", "live")
+	for i := 0; i < 2; i++ {
+		a, err := e.Verify(context.Background(), &Request{APIKey: k})
+		if err != nil || !a.Valid || a.KeyID != "k9" || a.Tenant != "acme" || a.Scopes[0] != "read" {
+			t.Fatalf("fallthrough: %+v %v", a, err)
+		}
+	}
+	if calls != 2 {
+		t.Fatalf("a VALID answer from Vault was cached: %d calls", calls)
+	}
+}
