@@ -38,8 +38,11 @@ tools:
 dev: build vault
 	@PLUGIN_VERSION=$(VERSION) bash scripts/dev.sh
 
+# -v: the integration tests log the figures they measure (agent render lag,
+# rotations under load, notifications queued and delivered across a Vault
+# restart, edge revocation latency, ...), and those belong in the output.
 test: vault
-	go test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	go test -count=1 -v -timeout $(TEST_TIMEOUT) ./...
 
 # Three Vault servers for about a minute, so `make test` skips it (the test
 # runs only with APIKEYS_HA=1); CI runs it after make test.
