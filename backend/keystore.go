@@ -5,11 +5,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
 // Storage layout of keys:
@@ -80,29 +81,10 @@ func newCachedKey(e *keyEntry, hash [32]byte) (*cachedKey, error) {
 }
 
 func (k *cachedKey) hasScopes(required []string) bool {
-	for _, s := range required {
-		if _, found := slices.BinarySearch(k.entry.Scopes, s); !found {
-			return false
-		}
-	}
-	return true
+	return keyformat.HasScopes(k.entry.Scopes, required)
 }
 
-func (k *cachedKey) allowsIP(ip netip.Addr) bool {
-	if len(k.cidrs) == 0 {
-		return true
-	}
-	if !ip.IsValid() {
-		return false
-	}
-	ip = ip.Unmap()
-	for _, p := range k.cidrs {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
+func (k *cachedKey) allowsIP(ip netip.Addr) bool { return keyformat.AllowsIP(k.cidrs, ip) }
 
 func parseHash(s string) ([32]byte, bool) {
 	var h [32]byte

@@ -111,30 +111,9 @@ func newKey(w *wireKey) (*key, error) {
 	return k, nil
 }
 
-func (k *key) allowsIP(ip netip.Addr) bool {
-	if len(k.cidrs) == 0 {
-		return true
-	}
-	if !ip.IsValid() {
-		return false
-	}
-	ip = ip.Unmap()
-	for _, p := range k.cidrs {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
+func (k *key) allowsIP(ip netip.Addr) bool { return keyformat.AllowsIP(k.cidrs, ip) }
 
-func (k *key) hasScopes(required []string) bool {
-	for _, s := range required {
-		if _, ok := slices.BinarySearch(k.w.Scopes, s); !ok {
-			return false
-		}
-	}
-	return true
-}
+func (k *key) hasScopes(required []string) bool { return keyformat.HasScopes(k.w.Scopes, required) }
 
 // store is the in-memory copy of the mount. Readers take the read lock
 // only; the sync loop is the only writer.
