@@ -32,7 +32,9 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -59,6 +61,8 @@ const (
 	// The targets the docs promise for verify, relative to info.
 	minVerifyThroughputRatio = 0.95
 	maxVerifyP99Ratio        = 1.1
+	// The edge verifier's target, relative to a KV v2 read through Vault.
+	minEdgeOverKV = 3.0
 )
 
 type config struct {
@@ -78,8 +82,10 @@ type target struct {
 	Path   string `json:"path"`
 	body   []byte
 	want   []byte
-	// apiKey goes in the X-Api-Key header (GET verify).
+	// apiKey goes in the X-Api-Key header (GET verify, edge).
 	apiKey string
+	// url, when set, replaces Vault's address and Path (the edge).
+	url string
 }
 
 // roundResult is one measured attack on one target.
@@ -216,6 +222,15 @@ func bench(ctx context.Context, cfg config, logger *log.Logger) (*report, error)
 	if err != nil {
 		return nil, fmt.Errorf("%w\n--- vault log (tail) ---\n%s", err, srv.LogTail(30))
 	}
+	edgeURL, stopEdge, err := startEdge(ctx, srv, logger)
+	if err != nil {
+		return nil, err
+	}
+	defer stopEdge()
+	// The edge verifier next to the gateway: same key, same load tool,
+	// same run, its own process.
+	targets = append(targets, target{Name: "edge check", Method: http.MethodGet, Path: "check", url: edgeURL + "/check",
+		apiKey: targets[4].apiKey, want: []byte(`"code":"VALID"`)})
 	m, err := describeMachine(ctx, srv)
 	if err != nil {
 		return nil, err
@@ -278,8 +293,16 @@ func bench(ctx context.Context, cfg config, logger *log.Logger) (*report, error)
 	rep.Ratios["verify GET/info p99"] = ratio(float64(verifyGet.P99), float64(info.P99))
 	rep.Ratios["info/kv req/s"] = ratio(info.Throughput, kv.Throughput)
 	miss := rep.Targets[5].Median
+	edge := rep.Targets[6].Median
+	rep.Ratios["edge/kv req/s"] = ratio(edge.Throughput, kv.Throughput)
+	rep.Ratios["edge/verify GET req/s"] = ratio(edge.Throughput, verifyGet.Throughput)
 	rep.MissMinusHitP50 = (miss.P50 - verifyGet.P50).String()
 	rep.Ratios["verify/kv req/s"] = ratio(verify.Throughput, kv.Throughput)
+	rep.Checks = append(rep.Checks, check{
+		Name:  fmt.Sprintf("edge req/s >= %.0f x kv-v2 read", minEdgeOverKV),
+		Ratio: rep.Ratios["edge/kv req/s"],
+		Pass:  rep.Ratios["edge/kv req/s"] >= minEdgeOverKV,
+	})
 	// POST verify pays a second plugin round trip (Vault's existence check
 	// before every write) that GET info does not; GET verify does not.
 	for _, v := range []string{"verify", "verify GET"} {
@@ -439,9 +462,13 @@ func (t target) targeter(srv *testvault.Server) vegeta.Targeter {
 	if t.apiKey != "" {
 		h.Set("X-Api-Key", t.apiKey)
 	}
+	url := srv.Addr + "/v1/" + t.Path
+	if t.url != "" {
+		url = t.url
+	}
 	return vegeta.NewStaticTargeter(vegeta.Target{
 		Method: t.Method,
-		URL:    srv.Addr + "/v1/" + t.Path,
+		URL:    url,
 		Body:   t.body,
 		Header: h,
 	})
@@ -647,7 +674,7 @@ func printReport(w *os.File, rep *report) {
 		}
 	}
 	fmt.Fprintln(w)
-	for _, k := range []string{"verify/info req/s", "verify/info p99", "verify GET/info req/s", "verify GET/info p99", "info/kv req/s", "verify/kv req/s"} {
+	for _, k := range []string{"verify/info req/s", "verify/info p99", "verify GET/info req/s", "verify GET/info p99", "info/kv req/s", "verify/kv req/s", "edge/kv req/s", "edge/verify GET req/s"} {
 		fmt.Fprintf(w, "%-22s %.3f\n", k+":", rep.Ratios[k])
 	}
 	fmt.Fprintf(w, "%-22s %s\n", "miss - hit p50:", rep.MissMinusHitP50)
@@ -693,4 +720,55 @@ func neverIssued(key string) string {
 		panic(err)
 	}
 	return k
+}
+
+// startEdge builds cmd/apikeys-edge and runs it against the server with the
+// root token, reading the key from X-Api-Key; it returns the edge's base
+// URL once /healthz answers, and a func that stops it.
+func startEdge(ctx context.Context, srv *testvault.Server, logger *log.Logger) (string, func(), error) {
+	root, err := testvault.RepoRoot()
+	if err != nil {
+		return "", nil, err
+	}
+	bin := filepath.Join(srv.Dir, "apikeys-edge")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/apikeys-edge")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", nil, fmt.Errorf("build apikeys-edge: %w: %s", err, out)
+	}
+	port, err := testvault.FreePortPair()
+	if err != nil {
+		return "", nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "VAULT_ADDR="+srv.Addr, "VAULT_TOKEN="+srv.Token, "EDGE_MOUNT="+mount,
+		"EDGE_LISTEN="+addr, "EDGE_KEY_HEADER=X-Api-Key", "EDGE_LOG_LEVEL=warn")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	// Its own process group, killed with us even if we die first.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return "", nil, fmt.Errorf("start apikeys-edge: %w", err)
+	}
+	stop := func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+	}
+	url := "http://" + addr
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				logger.Printf("apikeys-edge serving at %s", url)
+				return url, stop, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return "", nil, fmt.Errorf("apikeys-edge not healthy at %s after 30s", url)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
