@@ -93,17 +93,11 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 		}
 	}
 
-	lock := b.tenantLock(tenant)
-	lock.Lock()
-	defer lock.Unlock()
-
-	t, err := readTenant(ctx, req.Storage, tenant)
-	if err != nil {
-		return nil, err
+	t, unlock, resp, err := b.lockTenant(ctx, req.Storage, tenant)
+	if resp != nil || err != nil {
+		return resp, err
 	}
-	if t == nil {
-		return logical.ErrorResponse("unknown tenant %q", tenant), nil
-	}
+	defer unlock()
 	if t.Status == tenantSuspended {
 		return logical.ErrorResponse("tenant %q is suspended: no key can be issued", tenant), nil
 	}

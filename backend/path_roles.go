@@ -198,17 +198,11 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	// The tenant lock keeps the environment check true against a concurrent
 	// tenant update.
-	lock := b.tenantLock(tenant)
-	lock.Lock()
-	defer lock.Unlock()
-
-	t, err := readTenant(ctx, req.Storage, tenant)
-	if err != nil {
-		return nil, err
+	t, unlock, resp, err := b.lockTenant(ctx, req.Storage, tenant)
+	if resp != nil || err != nil {
+		return resp, err
 	}
-	if t == nil {
-		return logical.ErrorResponse("unknown tenant %q", tenant), nil
-	}
+	defer unlock()
 	r, err := readRole(ctx, req.Storage, tenant, name)
 	if err != nil {
 		return nil, err

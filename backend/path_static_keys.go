@@ -209,17 +209,11 @@ func (b *backend) pathStaticKeyWrite(ctx context.Context, req *logical.Request, 
 	if resp != nil {
 		return resp, nil
 	}
-	lock := b.tenantLock(tenant)
-	lock.Lock()
-	defer lock.Unlock()
-
-	t, err := readTenant(ctx, req.Storage, tenant)
-	if err != nil {
-		return nil, err
+	t, unlock, resp, err := b.lockTenant(ctx, req.Storage, tenant)
+	if resp != nil || err != nil {
+		return resp, err
 	}
-	if t == nil {
-		return logical.ErrorResponse("unknown tenant %q", tenant), nil
-	}
+	defer unlock()
 	e, err := readStaticKey(ctx, req.Storage, tenant, name)
 	if err != nil {
 		return nil, err

@@ -148,6 +148,24 @@ func readTenant(ctx context.Context, s logical.Storage, name string) (*tenantEnt
 	return getJSON[tenantEntry](ctx, s, tenantPrefix+name, fmt.Sprintf("tenant %q", name))
 }
 
+// lockTenant takes the tenant's write lock and reads the tenant, for the
+// writes that must see it unchanged until they are done (environment and
+// suspension checks, max_keys). A missing tenant is the 400 to return; on
+// success the caller must call unlock.
+func (b *backend) lockTenant(ctx context.Context, s logical.Storage, name string) (*tenantEntry, func(), *logical.Response, error) {
+	lock := b.tenantLock(name)
+	lock.Lock()
+	t, err := readTenant(ctx, s, name)
+	if err != nil || t == nil {
+		lock.Unlock()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return nil, nil, logical.ErrorResponse("unknown tenant %q", name), nil
+	}
+	return t, lock.Unlock, nil, nil
+}
+
 func (b *backend) tenantExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
 	t, err := readTenant(ctx, req.Storage, d.Get("tenant").(string))
 	if err != nil {
