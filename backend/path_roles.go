@@ -110,29 +110,12 @@ func (b *backend) pathRoles() []*framework.Path {
 				},
 			},
 			ExistenceCheck: b.roleExists,
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathRoleRead,
-					Summary:  "Read a key role.",
-				},
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:                  b.pathRoleWrite,
-					Summary:                   "Create a key role.",
-					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "write"},
-					ForwardPerformanceStandby: true,
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  b.pathRoleWrite,
-					Summary:                   "Update a key role.",
-					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "write"},
-					ForwardPerformanceStandby: true,
-				},
-				logical.DeleteOperation: &framework.PathOperation{
-					Callback:                  b.pathRoleDelete,
-					Summary:                   "Delete a key role. Keys issued from it stay valid until they expire or are revoked.",
-					ForwardPerformanceStandby: true,
-				},
-			},
+			Operations: crudOperations(b.pathRoleRead, b.pathRoleWrite, b.pathRoleDelete, crudSummaries{
+				read:   "Read a key role.",
+				create: "Create a key role.",
+				update: "Update a key role.",
+				delete: "Delete a key role. Keys issued from it stay valid until they expire or are revoked.",
+			}),
 			HelpSynopsis:    pathRoleHelpSyn,
 			HelpDescription: pathRoleHelpDesc,
 		},

@@ -90,29 +90,12 @@ func (b *backend) pathStaticKeys() []*framework.Path {
 			DisplayAttrs:   &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationSuffix: "static-key"},
 			Fields:         staticKeyFields(),
 			ExistenceCheck: b.staticKeyExists,
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathStaticKeyRead,
-					Summary:  "Read a static key's settings and rotation state (not the key).",
-				},
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:                  b.pathStaticKeyWrite,
-					Summary:                   "Create a static key; its first key is issued at once.",
-					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "write"},
-					ForwardPerformanceStandby: true,
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  b.pathStaticKeyWrite,
-					Summary:                   "Update a static key's settings.",
-					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "write"},
-					ForwardPerformanceStandby: true,
-				},
-				logical.DeleteOperation: &framework.PathOperation{
-					Callback:                  b.pathStaticKeyDelete,
-					Summary:                   "Delete a static key, revoking its current and previous keys.",
-					ForwardPerformanceStandby: true,
-				},
-			},
+			Operations: crudOperations(b.pathStaticKeyRead, b.pathStaticKeyWrite, b.pathStaticKeyDelete, crudSummaries{
+				read:   "Read a static key's settings and rotation state (not the key).",
+				create: "Create a static key; its first key is issued at once.",
+				update: "Update a static key's settings.",
+				delete: "Delete a static key, revoking its current and previous keys.",
+			}),
 			HelpSynopsis:    pathStaticKeyHelpSyn,
 			HelpDescription: pathStaticKeyHelpDesc,
 		},

@@ -115,29 +115,12 @@ func (b *backend) pathTenants() []*framework.Path {
 			},
 			Fields:         tenantFields(),
 			ExistenceCheck: b.tenantExists,
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathTenantRead,
-					Summary:  "Read a tenant.",
-				},
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:                  b.pathTenantWrite,
-					Summary:                   "Create a tenant.",
-					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "write"},
-					ForwardPerformanceStandby: true,
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  b.pathTenantWrite,
-					Summary:                   "Update a tenant.",
-					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "write"},
-					ForwardPerformanceStandby: true,
-				},
-				logical.DeleteOperation: &framework.PathOperation{
-					Callback:                  b.pathTenantDelete,
-					Summary:                   "Delete a tenant; refused while it has keys unless force=true.",
-					ForwardPerformanceStandby: true,
-				},
-			},
+			Operations: crudOperations(b.pathTenantRead, b.pathTenantWrite, b.pathTenantDelete, crudSummaries{
+				read:   "Read a tenant.",
+				create: "Create a tenant.",
+				update: "Update a tenant.",
+				delete: "Delete a tenant; refused while it has keys unless force=true.",
+			}),
 			HelpSynopsis:    pathTenantHelpSyn,
 			HelpDescription: pathTenantHelpDesc,
 		},
