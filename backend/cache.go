@@ -13,34 +13,55 @@ import (
 // the entry's lock and Invalidate drops what other nodes changed.
 type verifyCache struct {
 	mu      sync.RWMutex
-	keys    map[[32]byte]*cachedKey
+	keys    keyIndex
 	tenants map[string]*tenantEntry
+	// policies interns the keys' access policies: keys of one role share
+	// one, so verify reads it from the CPU caches.
+	policies map[string]*keyPolicy
 }
 
 func newVerifyCache() *verifyCache {
 	return &verifyCache{
-		keys:    make(map[[32]byte]*cachedKey),
-		tenants: make(map[string]*tenantEntry),
+		tenants:  make(map[string]*tenantEntry),
+		policies: make(map[string]*keyPolicy),
 	}
 }
 
-func (c *verifyCache) getKey(h [32]byte) *cachedKey {
+func (c *verifyCache) getKey(h [32]byte) (verifySlot, bool) {
 	c.mu.RLock()
-	k := c.keys[h]
+	s, ok := c.keys.get(&h)
 	c.mu.RUnlock()
-	return k
+	return s, ok
 }
 
+// putKey stores k, which nobody else holds yet: its policy becomes the
+// shared instance of equal policies.
 func (c *verifyCache) putKey(k *cachedKey) {
 	c.mu.Lock()
-	c.keys[k.hash] = k
+	if p, ok := c.policies[k.policy.id]; ok {
+		k.policy = p
+	} else {
+		c.policies[k.policy.id] = k.policy
+	}
+	k.policy.refs++
+	c.release(c.keys.put(k.slot()))
 	c.mu.Unlock()
 }
 
 func (c *verifyCache) deleteKey(h [32]byte) {
 	c.mu.Lock()
-	delete(c.keys, h)
+	c.release(c.keys.delete(&h))
 	c.mu.Unlock()
+}
+
+// release drops a removed slot's hold on its policy; c.mu is held.
+func (c *verifyCache) release(s verifySlot) {
+	if s.key == nil {
+		return
+	}
+	if s.policy.refs--; s.policy.refs == 0 {
+		delete(c.policies, s.policy.id)
+	}
 }
 
 func (c *verifyCache) getTenant(name string) *tenantEntry {
@@ -64,44 +85,44 @@ func (c *verifyCache) deleteTenant(name string) {
 
 func (c *verifyCache) reset() {
 	c.mu.Lock()
-	c.keys = make(map[[32]byte]*cachedKey)
+	c.keys = keyIndex{}
 	c.tenants = make(map[string]*tenantEntry)
+	c.policies = make(map[string]*keyPolicy)
 	c.mu.Unlock()
 }
 
-// lookupKey returns the key whose HMAC is h, from the cache or else from
-// storage. The fill holds the hash lock, so a concurrent revoke or
+// lookupKey returns the verify slot of the key whose HMAC is h (key nil when
+// there is none), from the cache or else from storage. The fill holds the hash lock, so a concurrent revoke or
 // Invalidate either runs before the read or removes what the fill stored.
-func (b *backend) lookupKey(ctx context.Context, s logical.Storage, h [32]byte) (*cachedKey, error) {
-	if k := b.cache.getKey(h); k != nil {
+func (b *backend) lookupKey(ctx context.Context, s logical.Storage, h [32]byte) (verifySlot, error) {
+	if k, ok := b.cache.getKey(h); ok {
 		return k, nil
 	}
 	if b.known.absent(h) {
-		return nil, nil
+		return verifySlot{}, nil
 	}
 	b.ensureKnownLoaded()
 	hx := hex.EncodeToString(h[:])
 	lock := b.hashLock(hx)
 	lock.RLock()
 	defer lock.RUnlock()
-	if k := b.cache.getKey(h); k != nil {
+	if k, ok := b.cache.getKey(h); ok {
 		return k, nil
 	}
 	e, err := readKeyRecord(ctx, s, hx)
-	if err != nil {
-		return nil, err
-	}
-	if e == nil {
-		// Holding the hash lock: no write of this hash can interleave.
-		b.known.remove(h)
-		return nil, nil
+	if err != nil || e == nil {
+		if err == nil {
+			// Holding the hash lock: no write of this hash can interleave.
+			b.known.remove(h)
+		}
+		return verifySlot{}, err
 	}
 	k, err := newCachedKey(e, h)
 	if err != nil {
-		return nil, err
+		return verifySlot{}, err
 	}
 	b.cache.putKey(k)
-	return k, nil
+	return k.slot(), nil
 }
 
 // lookupTenant is lookupKey's counterpart for tenant records.

@@ -6,11 +6,10 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+	"unique"
 
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
 // Storage layout of keys:
@@ -57,34 +56,37 @@ type keyPointer struct {
 	Hash string `json:"hash"`
 }
 
-// cachedKey is a key record prepared for verify: parsed once, read-only.
+// cachedKey is a key record prepared for verify: parsed once, read-only once
+// the cache holds it (the cache swaps in the shared policy when it stores it).
 type cachedKey struct {
 	entry     *keyEntry
 	hash      [32]byte
-	cidrs     []netip.Prefix
+	tenant    unique.Handle[string]
+	policy    *keyPolicy
 	expiresAt int64 // unix nanoseconds; 0 never
 }
 
 func newCachedKey(e *keyEntry, hash [32]byte) (*cachedKey, error) {
-	k := &cachedKey{entry: e, hash: hash}
+	k := &cachedKey{entry: e, hash: hash, tenant: unique.Make(e.Tenant)}
 	if !e.ExpiresAt.IsZero() {
 		k.expiresAt = e.ExpiresAt.UnixNano()
 	}
+	var cidrs []netip.Prefix
 	for _, c := range e.AllowedCIDRs {
 		p, err := netip.ParsePrefix(c)
 		if err != nil {
 			return nil, fmt.Errorf("key %q: stored CIDR %q: %w", e.KeyID, c, err)
 		}
-		k.cidrs = append(k.cidrs, p)
+		cidrs = append(cidrs, p)
 	}
+	k.policy = newKeyPolicy(e, cidrs)
 	return k, nil
 }
 
-func (k *cachedKey) hasScopes(required []string) bool {
-	return keyformat.HasScopes(k.entry.Scopes, required)
+// slot is the key's line in the verify index.
+func (k *cachedKey) slot() verifySlot {
+	return verifySlot{hash: k.hash, expiresAt: k.expiresAt, tenant: k.tenant, policy: k.policy, key: k}
 }
-
-func (k *cachedKey) allowsIP(ip netip.Addr) bool { return keyformat.AllowsIP(k.cidrs, ip) }
 
 func parseHash(s string) ([32]byte, bool) {
 	var h [32]byte

@@ -182,22 +182,25 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput
 		return verifyOutcome{Code: codeNotFound}, err
 	}
 	sum := h.Sum(in.APIKey)
+	// Decided from the key's slot alone (see verifySlot); k.key is only
+	// handed on, for the answer and usage.
 	k, err := b.lookupKey(ctx, s, sum)
 	if err != nil {
 		return verifyOutcome{}, err
 	}
-	if k == nil || !keyformat.Equal(k.hash, sum) {
+	if k.key == nil || !keyformat.Equal(k.hash, sum) {
 		return verifyOutcome{Code: codeNotFound}, nil
 	}
-	if in.Tenant != "" && k.entry.Tenant != in.Tenant {
+	tenant := k.tenant.Value()
+	if in.Tenant != "" && tenant != in.Tenant {
 		return verifyOutcome{Code: codeNotFound}, nil
 	}
 	// Expiry is checked here even though the lease revokes the key: a revoke
 	// that has not run yet (or failed) must not keep a key alive.
 	if k.expiresAt != 0 && now.UnixNano() >= k.expiresAt {
-		return verifyOutcome{Code: codeExpired, Key: k}, nil
+		return verifyOutcome{Code: codeExpired, Key: k.key}, nil
 	}
-	t, err := b.lookupTenant(ctx, s, k.entry.Tenant)
+	t, err := b.lookupTenant(ctx, s, tenant)
 	if err != nil {
 		return verifyOutcome{}, err
 	}
@@ -205,19 +208,20 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput
 		return verifyOutcome{Code: codeNotFound}, nil
 	}
 	if t.Status == tenantSuspended {
-		return verifyOutcome{Code: codeTenantSuspended, Key: k}, nil
+		return verifyOutcome{Code: codeTenantSuspended, Key: k.key}, nil
 	}
-	if !k.allowsIP(in.ClientIP) {
-		return verifyOutcome{Code: codeIPNotAllowed, Key: k}, nil
+	p := k.policy
+	if !keyformat.AllowsIP(p.cidrs, in.ClientIP) {
+		return verifyOutcome{Code: codeIPNotAllowed, Key: k.key}, nil
 	}
-	if !k.hasScopes(in.RequiredScopes) {
-		return verifyOutcome{Code: codeInsufficientScope, Key: k}, nil
+	if !keyformat.HasScopes(p.scopes, in.RequiredScopes) {
+		return verifyOutcome{Code: codeInsufficientScope, Key: k.key}, nil
 	}
 	// Only requests that would otherwise pass spend the key's allowance.
-	if k.entry.RateLimit > 0 && !b.limiter.allow(k.entry.KeyID, k.entry.RateLimit, k.entry.RateLimitPeriod, now) {
-		return verifyOutcome{Code: codeRateLimited, Key: k}, nil
+	if p.rateLimit > 0 && !b.limiter.allow(k.key.entry.KeyID, p.rateLimit, p.ratePeriod, now) {
+		return verifyOutcome{Code: codeRateLimited, Key: k.key}, nil
 	}
-	return verifyOutcome{Code: codeValid, Key: k}, nil
+	return verifyOutcome{Code: codeValid, Key: k.key}, nil
 }
 
 func verifyResponse(out verifyOutcome) map[string]interface{} {

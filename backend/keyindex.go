@@ -1,0 +1,154 @@
+package backend
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+	"unique"
+)
+
+// verifySlot is one 64-byte line of the verify index: everything the verify
+// decision reads about a key. A warm verify touches this one line of memory
+// that belongs to the key alone; the tenant name and the access policy it
+// points at are shared by many keys and stay in the CPU caches. So verify
+// costs about the same at 10k keys as at 1M, where a map of pointers to
+// records took several DRAM misses per verify.
+type verifySlot struct {
+	hash      [32]byte
+	expiresAt int64 // unix nanoseconds; 0 never
+	tenant    unique.Handle[string]
+	policy    *keyPolicy
+	// key is the full record, read to build the answer, never to decide.
+	// nil marks an empty slot.
+	key *cachedKey
+}
+
+// keyPolicy is what a key allows: its scopes (the role's at issue, or a
+// narrower set), allowed CIDRs and rate limit. Keys issued from the same role
+// share one instance, interned by the cache.
+type keyPolicy struct {
+	scopes     []string
+	cidrs      []netip.Prefix
+	rateLimit  int
+	ratePeriod time.Duration
+
+	id   string // canonical form: the intern key
+	refs int    // cached keys using it; guarded by verifyCache.mu
+}
+
+func newKeyPolicy(e *keyEntry, cidrs []netip.Prefix) *keyPolicy {
+	var id strings.Builder
+	for _, s := range e.Scopes {
+		id.WriteString(s)
+		id.WriteByte(0)
+	}
+	id.WriteByte(1)
+	for _, c := range cidrs {
+		id.WriteString(c.String())
+		id.WriteByte(0)
+	}
+	id.WriteByte(1)
+	id.WriteString(strconv.Itoa(e.RateLimit))
+	id.WriteByte('/')
+	id.WriteString(strconv.FormatInt(int64(e.RateLimitPeriod), 10))
+	return &keyPolicy{scopes: e.Scopes, cidrs: cidrs, rateLimit: e.RateLimit, ratePeriod: e.RateLimitPeriod, id: id.String()}
+}
+
+// keyIndex is an open-addressing hash table (linear probing, backward-shift
+// deletion) of verifySlots keyed by the key's HMAC. The HMAC is uniformly
+// random, so its first bytes are the table position; a hit usually costs one
+// cache line. Not safe for concurrent use: verifyCache guards it.
+type keyIndex struct {
+	slots []verifySlot // length a power of two, at most 3/4 full
+	count int
+}
+
+const minIndexSlots = 1024
+
+func (x *keyIndex) home(h *[32]byte) int {
+	return int(binary.LittleEndian.Uint64(h[:8]) & uint64(len(x.slots)-1))
+}
+
+// find returns the position of h, or -1.
+func (x *keyIndex) find(h *[32]byte) int {
+	if len(x.slots) == 0 {
+		return -1
+	}
+	mask := len(x.slots) - 1
+	for i := x.home(h); ; i = (i + 1) & mask {
+		s := &x.slots[i]
+		if s.key == nil {
+			return -1
+		}
+		if s.hash == *h {
+			return i
+		}
+	}
+}
+
+func (x *keyIndex) get(h *[32]byte) (verifySlot, bool) {
+	if i := x.find(h); i >= 0 {
+		return x.slots[i], true
+	}
+	return verifySlot{}, false
+}
+
+// put stores s, returning the slot it replaced (key nil when none).
+func (x *keyIndex) put(s verifySlot) verifySlot {
+	if (x.count+1)*4 > len(x.slots)*3 {
+		x.resize(max(minIndexSlots, 2*len(x.slots)))
+	}
+	mask := len(x.slots) - 1
+	for i := x.home(&s.hash); ; i = (i + 1) & mask {
+		cur := &x.slots[i]
+		if cur.key == nil {
+			*cur = s
+			x.count++
+			return verifySlot{}
+		}
+		if cur.hash == s.hash {
+			old := *cur
+			*cur = s
+			return old
+		}
+	}
+}
+
+// delete removes h, returning what it held (key nil when absent). Later
+// entries of the probe run move back, so lookups never need tombstones.
+func (x *keyIndex) delete(h *[32]byte) verifySlot {
+	i := x.find(h)
+	if i < 0 {
+		return verifySlot{}
+	}
+	old := x.slots[i]
+	mask := len(x.slots) - 1
+	for j := (i + 1) & mask; x.slots[j].key != nil; j = (j + 1) & mask {
+		home := x.home(&x.slots[j].hash)
+		// The entry at j may fill the hole at i only if its home is not
+		// cyclically within (i, j].
+		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
+			x.slots[i] = x.slots[j]
+			i = j
+		}
+	}
+	x.slots[i] = verifySlot{}
+	x.count--
+	if len(x.slots) > minIndexSlots && x.count*8 < len(x.slots) {
+		x.resize(len(x.slots) / 2)
+	}
+	return old
+}
+
+func (x *keyIndex) resize(n int) {
+	old := x.slots
+	x.slots = make([]verifySlot, n)
+	x.count = 0
+	for i := range old {
+		if old[i].key != nil {
+			x.put(old[i])
+		}
+	}
+}

@@ -1,0 +1,199 @@
+package backend
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// indexHash makes a hash whose table position is pos masked to the table's
+// size, told apart by id.
+func indexHash(pos uint64, id uint32) [32]byte {
+	var h [32]byte
+	binary.LittleEndian.PutUint64(h[:8], pos)
+	binary.LittleEndian.PutUint32(h[8:12], id)
+	return h
+}
+
+func indexKey(h [32]byte, tenant string, scopes ...string) *cachedKey {
+	k, err := newCachedKey(&keyEntry{Tenant: tenant, Scopes: scopes}, h)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}
+
+// checkIndex compares the index with the model and checks that every entry
+// is reachable from its home position without crossing an empty slot.
+func checkIndex(t *testing.T, x *keyIndex, model map[[32]byte]*cachedKey) {
+	t.Helper()
+	if x.count != len(model) {
+		t.Fatalf("count %d, model %d", x.count, len(model))
+	}
+	for h, k := range model {
+		s, ok := x.get(&h)
+		if !ok || s.key != k || s.hash != h || s.policy != k.policy || s.tenant != k.tenant {
+			t.Fatalf("get %x: %v %+v", h[:12], ok, s)
+		}
+	}
+	n := 0
+	for i := range x.slots {
+		if x.slots[i].key == nil {
+			continue
+		}
+		n++
+		if _, ok := model[x.slots[i].hash]; !ok {
+			t.Fatalf("slot %d holds %x, which was deleted", i, x.slots[i].hash[:12])
+		}
+	}
+	if n != len(model) {
+		t.Fatalf("%d occupied slots, model %d", n, len(model))
+	}
+	if len(x.slots) != 0 && (x.count+1)*4 > len(x.slots)*3+4 {
+		t.Fatalf("load %d/%d above 3/4", x.count, len(x.slots))
+	}
+}
+
+// TestKeyIndexRandomOps runs puts, replaces and deletes against a map model.
+// Positions are drawn from a narrow range so probe runs are long and wrap
+// around the end of the table, where backward-shift deletion is subtle.
+func TestKeyIndexRandomOps(t *testing.T) {
+	for _, spread := range []int{8, 64, 1 << 16} {
+		rng := rand.New(rand.NewPCG(uint64(spread), 7))
+		var x keyIndex
+		model := map[[32]byte]*cachedKey{}
+		var live [][32]byte
+		for op := range 40_000 {
+			// ^r is the r-th last slot at every table size, so probe
+			// runs wrap to slot 0.
+			home := ^uint64(rng.IntN(spread))
+			if spread > minIndexSlots {
+				home = rng.Uint64()
+			}
+			switch r := rng.IntN(10); {
+			case r < 5 || len(live) == 0: // insert
+				h := indexHash(home, uint32(op))
+				k := indexKey(h, "acme")
+				if old := x.put(k.slot()); old.key != nil {
+					t.Fatal("fresh hash replaced an entry")
+				}
+				model[h] = k
+				live = append(live, h)
+			case r < 6: // replace
+				h := live[rng.IntN(len(live))]
+				k := indexKey(h, "beta")
+				if old := x.put(k.slot()); old.key != model[h] {
+					t.Fatal("replace returned the wrong old entry")
+				}
+				model[h] = k
+			default: // delete, sometimes of an absent hash
+				var h [32]byte
+				if rng.IntN(8) == 0 {
+					h = indexHash(home, uint32(op)|1<<31)
+				} else {
+					i := rng.IntN(len(live))
+					h = live[i]
+					live[i] = live[len(live)-1]
+					live = live[:len(live)-1]
+				}
+				old := x.delete(&h)
+				if old.key != model[h] {
+					t.Fatalf("delete %x returned the wrong entry", h[:12])
+				}
+				delete(model, h)
+			}
+			if op%997 == 0 {
+				checkIndex(t, &x, model)
+			}
+		}
+		checkIndex(t, &x, model)
+		// Emptying the table shrinks it back.
+		for h := range model {
+			x.delete(&h)
+			delete(model, h)
+		}
+		checkIndex(t, &x, model)
+		if len(x.slots) != minIndexSlots {
+			t.Fatalf("empty index kept %d slots", len(x.slots))
+		}
+	}
+}
+
+// TestVerifyCacheSharesPolicies checks that keys with equal access policies
+// share one instance, and that the intern table forgets a policy with its
+// last key.
+func TestVerifyCacheSharesPolicies(t *testing.T) {
+	c := newVerifyCache()
+	a := indexKey(indexHash(1, 1), "acme", "read", "write")
+	b := indexKey(indexHash(2, 2), "acme", "read", "write")
+	d := indexKey(indexHash(3, 3), "acme", "read")
+	for _, k := range []*cachedKey{a, b, d} {
+		c.putKey(k)
+	}
+	if a.policy != b.policy || a.policy == d.policy {
+		t.Fatal("equal policies not shared, or different ones merged")
+	}
+	if len(c.policies) != 2 || a.policy.refs != 2 {
+		t.Fatalf("%d interned policies, refs %d", len(c.policies), a.policy.refs)
+	}
+	// Replacing a key's record releases its old policy.
+	b2 := indexKey(indexHash(2, 2), "acme", "read")
+	c.putKey(b2)
+	if b2.policy != d.policy || a.policy.refs != 1 || d.policy.refs != 2 {
+		t.Fatalf("after replace: refs %d and %d", a.policy.refs, d.policy.refs)
+	}
+	c.deleteKey(a.hash)
+	if _, ok := c.policies[a.policy.id]; ok {
+		t.Fatal("policy kept after its last key was deleted")
+	}
+	c.deleteKey(a.hash) // already gone: no double release
+	if d.policy.refs != 2 || len(c.policies) != 1 {
+		t.Fatalf("refs %d, %d policies", d.policy.refs, len(c.policies))
+	}
+	// The rate limit and CIDRs are part of a policy's identity.
+	e := indexKey(indexHash(4, 4), "acme", "read")
+	e2, err := newCachedKey(&keyEntry{Tenant: "acme", Scopes: []string{"read"}, RateLimit: 5, RateLimitPeriod: time.Second}, indexHash(5, 5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e3, err := newCachedKey(&keyEntry{Tenant: "acme", Scopes: []string{"read"}, AllowedCIDRs: []string{"10.0.0.0/8"}}, indexHash(6, 6))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []*cachedKey{e, e2, e3} {
+		c.putKey(k)
+	}
+	if e.policy != d.policy || e2.policy == d.policy || e3.policy == d.policy || e2.policy == e3.policy {
+		t.Fatal("rate limit or CIDRs ignored in policy identity")
+	}
+	c.reset()
+	if len(c.policies) != 0 || c.keys.count != 0 {
+		t.Fatal("reset kept entries")
+	}
+}
+
+// BenchmarkKeyIndexGet is the verify index's share of a warm verify: one
+// lookup of a random present hash. At 1M keys it is one DRAM access, the
+// floor of what a verify at that size must pay over one at 10k.
+func BenchmarkKeyIndexGet(bb *testing.B) {
+	for _, n := range []int{10_000, 1_000_000} {
+		rng := rand.New(rand.NewPCG(uint64(n), 1))
+		var x keyIndex
+		hashes := make([][32]byte, n)
+		for i := range hashes {
+			binary.LittleEndian.PutUint64(hashes[i][:8], rng.Uint64())
+			binary.LittleEndian.PutUint64(hashes[i][8:16], rng.Uint64())
+			x.put(indexKey(hashes[i], "acme", "read").slot())
+		}
+		bb.Run(fmt.Sprintf("%dk", n/1000), func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				if _, ok := x.get(&hashes[i%n]); !ok {
+					b.Fatal("missing")
+				}
+			}
+		})
+	}
+}
