@@ -19,12 +19,20 @@
 //
 // The load generator, Vault and the plugin share the machine, so absolute
 // numbers depend on the cores left to each; the ratios are what to compare.
+//
+// On Linux each row also tells the CPU time per request that Vault, the
+// plugin, the edge and the load generator spent, and what the rest of the
+// machine spent ("other": near 0 unless something else was running, which
+// makes the row worthless). On a saturated machine req/s is about the cores
+// divided by the row's CPU time per request, so these columns say which
+// process a difference between two rows comes from.
 package main
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -37,6 +45,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -101,6 +110,11 @@ type roundResult struct {
 	MeanBytes  float64       `json:"mean_response_bytes"`
 	Elapsed    time.Duration `json:"elapsed_ns"`
 	FirstError string        `json:"first_error,omitempty"`
+	// CPU is the CPU time per request, in µs, by process ("vault",
+	// "plugin", "edge", "bench") and of everything else on the machine
+	// ("other"); a process that could not be measured is absent (see
+	// cpuMeter).
+	CPU map[string]float64 `json:"cpu_us_per_request,omitempty"`
 }
 
 func (r roundResult) success() float64 {
@@ -222,7 +236,7 @@ func bench(ctx context.Context, cfg config, logger *log.Logger) (*report, error)
 	if err != nil {
 		return nil, fmt.Errorf("%w\n--- vault log (tail) ---\n%s", err, srv.LogTail(30))
 	}
-	edgeURL, stopEdge, err := startEdge(ctx, srv, logger)
+	edgeURL, edgePID, stopEdge, err := startEdge(ctx, srv, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -235,6 +249,7 @@ func bench(ctx context.Context, cfg config, logger *log.Logger) (*report, error)
 	if err != nil {
 		return nil, err
 	}
+	cpu := newCPUMeter(srv.VaultBin, edgePID)
 
 	// One transport for all attacks, so the warmup's connections are the
 	// ones the measurement uses and no run pays for TCP handshakes.
@@ -266,10 +281,12 @@ func bench(ctx context.Context, cfg config, logger *log.Logger) (*report, error)
 					return nil, fmt.Errorf("%s warmup: %w", t.Name, err)
 				}
 			}
+			before := cpu.sample()
 			res, err := attack(ctx, client, srv, t, cfg.workers, cfg.duration)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", t.Name, err)
 			}
+			res.CPU = cpu.sample().perRequest(before, res.Requests)
 			results[i] = append(results[i], res)
 		}
 	}
@@ -656,13 +673,26 @@ func printReport(w *os.File, rep *report) {
 		width = max(width, len(t.Name))
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%-*s\trequests\treq/s\tp50\tp99\terrors\tsuccess\tresp bytes\t\n", width, "target")
+	fmt.Fprintf(tw, "%-*s\trequests\treq/s\tp50\tp99\terrors\tsuccess\tresp bytes\t", width, "target")
+	for _, role := range cpuRoles {
+		fmt.Fprintf(tw, "%s µs\t", role)
+	}
+	fmt.Fprintln(tw)
 	for _, t := range rep.Targets {
 		r := t.Median
-		fmt.Fprintf(tw, "%-*s\t%d\t%.0f\t%s\t%s\t%d\t%.2f%%\t%.0f\t\n",
+		fmt.Fprintf(tw, "%-*s\t%d\t%.0f\t%s\t%s\t%d\t%.2f%%\t%.0f\t",
 			width, t.Name, r.Requests, r.Throughput, ms(r.P50), ms(r.P99), r.Errors, 100*r.success(), r.MeanBytes)
+		for _, role := range cpuRoles {
+			if us, ok := r.CPU[role]; ok {
+				fmt.Fprintf(tw, "%.0f\t", us)
+			} else {
+				fmt.Fprint(tw, "-\t")
+			}
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
+	fmt.Fprintln(w, "µs: CPU time (user + system) per request of each process; other: the rest of the machine's busy time (high: something else ran)")
 	if rep.Rounds > 1 {
 		fmt.Fprintln(w)
 		for _, t := range rep.Targets {
@@ -724,21 +754,21 @@ func neverIssued(key string) string {
 
 // startEdge builds cmd/apikeys-edge and runs it against the server with the
 // root token, reading the key from X-Api-Key; it returns the edge's base
-// URL once /healthz answers, and a func that stops it.
-func startEdge(ctx context.Context, srv *testvault.Server, logger *log.Logger) (string, func(), error) {
+// URL once /healthz answers, its pid, and a func that stops it.
+func startEdge(ctx context.Context, srv *testvault.Server, logger *log.Logger) (string, int, func(), error) {
 	root, err := testvault.RepoRoot()
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	bin := filepath.Join(srv.Dir, "apikeys-edge")
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/apikeys-edge")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
-		return "", nil, fmt.Errorf("build apikeys-edge: %w: %s", err, out)
+		return "", 0, nil, fmt.Errorf("build apikeys-edge: %w: %s", err, out)
 	}
 	port, err := testvault.FreePortPair()
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := exec.Command(bin)
@@ -748,7 +778,7 @@ func startEdge(ctx context.Context, srv *testvault.Server, logger *log.Logger) (
 	// Its own process group, killed with us even if we die first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("start apikeys-edge: %w", err)
+		return "", 0, nil, fmt.Errorf("start apikeys-edge: %w", err)
 	}
 	stop := func() {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
@@ -762,13 +792,252 @@ func startEdge(ctx context.Context, srv *testvault.Server, logger *log.Logger) (
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				logger.Printf("apikeys-edge serving at %s", url)
-				return url, stop, nil
+				return url, cmd.Process.Pid, stop, nil
 			}
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return "", nil, fmt.Errorf("apikeys-edge not healthy at %s after 30s", url)
+			return "", 0, nil, fmt.Errorf("apikeys-edge not healthy at %s after 30s", url)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// CPU accounting. Each measured attack reads the CPU time (user + system,
+// all threads) that Vault, the plugin, the edge, this process and the whole
+// machine have consumed so far, before and after, and reports the
+// difference per request: where a target's CPU goes, which req/s alone
+// cannot tell on a saturated machine. It reads /proc, so it is Linux only;
+// elsewhere, or for a process it cannot find, the figure is absent and the
+// table shows "-". /proc counts in clock ticks (10 ms): over a few seconds
+// of thousands of requests a second that is about 1 µs per request.
+
+// The processes whose CPU time is reported, in table order. "other" is the
+// busy time of all CPUs less that of the processes before it: the kernel's
+// own threads and interrupts (a few µs), time the hypervisor took (steal),
+// and any other program that ran during the attack. A large "other" means
+// the machine was not the benchmark's alone and the row is not to be
+// trusted.
+const (
+	cpuVault  = "vault"
+	cpuPlugin = "plugin"
+	cpuEdge   = "edge"
+	cpuBench  = "bench"
+	cpuOther  = "other"
+)
+
+var cpuRoles = []string{cpuVault, cpuPlugin, cpuEdge, cpuBench, cpuOther}
+
+// cpuMeter knows the processes serving the load. The plugin processes are
+// looked up at every sample, since Vault may restart them.
+type cpuMeter struct {
+	vaultPID, edgePID int
+	// tick is the unit of /proc's CPU times; 0 when /proc is unusable.
+	tick time.Duration
+}
+
+// cpuProc is one process of a role; role "other" with pid 0 stands for the
+// whole machine until perRequest subtracts the processes.
+type cpuProc struct {
+	role string
+	pid  int
+}
+
+// cpuSample is the CPU time each process had consumed at one moment.
+type cpuSample map[cpuProc]time.Duration
+
+// newCPUMeter finds the Vault server among this process's children by its
+// binary; the edge's pid is known from starting it.
+func newCPUMeter(vaultBin string, edgePID int) *cpuMeter {
+	m := &cpuMeter{edgePID: edgePID, tick: clockTick()}
+	if m.tick == 0 {
+		return m
+	}
+	self := os.Getpid()
+	for _, pid := range procPIDs() {
+		if st, ok := readProcStat(pid); ok && st.ppid == self {
+			if args := procArgs(pid); len(args) > 0 && args[0] == vaultBin {
+				m.vaultPID = pid
+				break
+			}
+		}
+	}
+	return m
+}
+
+// sample reads the CPU time of every process of interest and the machine's;
+// one that cannot be read is left out.
+func (m *cpuMeter) sample() cpuSample {
+	s := cpuSample{}
+	if m.tick == 0 {
+		return s
+	}
+	add := func(role string, pid int, st procStat) {
+		s[cpuProc{role, pid}] = time.Duration(st.ticks) * m.tick
+	}
+	for role, pid := range map[string]int{cpuVault: m.vaultPID, cpuEdge: m.edgePID, cpuBench: os.Getpid()} {
+		if pid == 0 {
+			continue
+		}
+		if st, ok := readProcStat(pid); ok {
+			add(role, pid, st)
+		}
+	}
+	// The plugin: Vault's children running the plugin binary (one per
+	// mount; more while Vault restarts one).
+	if m.vaultPID != 0 {
+		for _, pid := range procPIDs() {
+			st, ok := readProcStat(pid)
+			if !ok || st.ppid != m.vaultPID {
+				continue
+			}
+			if args := procArgs(pid); len(args) > 0 && filepath.Base(args[0]) == testvault.PluginName {
+				add(cpuPlugin, pid, st)
+			}
+		}
+	}
+	if t, ok := machineTicks(); ok {
+		add(cpuOther, 0, procStat{ticks: t})
+	}
+	return s
+}
+
+// perRequest is the CPU time per request, in µs, each role spent between two
+// samples. A process that started in between counts from its start; one
+// that ended in between is lost (and lands in "other"). A role with no
+// process in after is absent.
+func (after cpuSample) perRequest(before cpuSample, requests uint64) map[string]float64 {
+	if requests == 0 || len(after) == 0 {
+		return nil
+	}
+	use := map[string]time.Duration{}
+	var procs time.Duration
+	for p, t := range after {
+		d := t - before[p]
+		use[p.role] += d
+		if p.role != cpuOther {
+			procs += d
+		}
+	}
+	if _, ok := use[cpuOther]; ok {
+		// Both are rounded to ticks, so a quiet machine can come out a
+		// little below its processes' sum.
+		use[cpuOther] = max(use[cpuOther]-procs, 0)
+	}
+	out := make(map[string]float64, len(use))
+	for role, d := range use {
+		out[role] = d.Seconds() * 1e6 / float64(requests)
+	}
+	return out
+}
+
+// procStat is what the bench needs of /proc/<pid>/stat.
+type procStat struct {
+	ppid  int
+	ticks int64 // utime + stime of all threads, living and dead
+}
+
+// readProcStat parses /proc/<pid>/stat. Its second field, the command name
+// in parentheses, may hold spaces and parentheses, so fields are counted
+// from the last ')': ppid is the 4th field, utime and stime the 14th and
+// 15th (proc(5)).
+func readProcStat(pid int) (procStat, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return procStat{}, false
+	}
+	f := strings.Fields(string(b[i+1:])) // f[0] is field 3, the state
+	if len(f) < 13 {
+		return procStat{}, false
+	}
+	ppid, err1 := strconv.Atoi(f[1])
+	utime, err2 := strconv.ParseInt(f[11], 10, 64)
+	stime, err3 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return procStat{}, false
+	}
+	return procStat{ppid: ppid, ticks: utime + stime}, true
+}
+
+// procArgs is a process's command line, nil if it cannot be read.
+func procArgs(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+}
+
+// procPIDs lists the processes in /proc.
+func procPIDs() []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// machineTicks is the busy time of all CPUs from the "cpu" line of
+// /proc/stat: every column but idle and iowait, steal included (a CPU taken
+// by the hypervisor was not this machine's to use). guest and guest_nice
+// are already counted in user and nice.
+func machineTicks() (int64, bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, false
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, false
+	}
+	var busy int64
+	// user nice system idle iowait irq softirq steal
+	for i, v := range f[1:9] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, false
+		}
+		if i != 3 && i != 4 {
+			busy += n
+		}
+	}
+	return busy, true
+}
+
+// clockTick is the unit of /proc's CPU times, 1/USER_HZ: the kernel hands it
+// to every process as AT_CLKTCK in the auxiliary vector, which is where
+// sysconf(_SC_CLK_TCK) reads it. 0 when there is no /proc.
+func clockTick() time.Duration {
+	const atClkTck = 17
+	b, err := os.ReadFile("/proc/self/auxv")
+	if err != nil {
+		return 0
+	}
+	// The vector is pairs of native words: type, value.
+	w := strconv.IntSize / 8
+	word := func(b []byte) uint64 {
+		if w == 4 {
+			return uint64(binary.NativeEndian.Uint32(b))
+		}
+		return binary.NativeEndian.Uint64(b)
+	}
+	for i := 0; i+2*w <= len(b); i += 2 * w {
+		if word(b[i:]) == atClkTck {
+			if hz := word(b[i+w:]); hz > 0 {
+				return time.Second / time.Duration(hz)
+			}
+		}
+	}
+	return 10 * time.Millisecond // USER_HZ is 100 on every architecture Go runs on
 }
