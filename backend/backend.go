@@ -63,7 +63,9 @@ type backend struct {
 // Factory is the plugin's backend factory.
 func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
 	b := newBackend()
-	if err := b.Setup(ctx, conf); err != nil {
+	c := *conf
+	c.System = cacheReplicationState(conf.System)
+	if err := b.Setup(ctx, &c); err != nil {
 		return nil, fmt.Errorf("set up backend: %w", err)
 	}
 	b.storage = conf.StorageView
