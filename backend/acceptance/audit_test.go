@@ -82,7 +82,7 @@ func TestAuditLogHoldsNoKeysButShowsWhoAndWhat(t *testing.T) {
 	onboard := write(t, e.c, e.path("tenants/acme/onboard"), map[string]interface{}{"role": "web", "environments": "test", "rotation_period": "720h"})
 	o1 := onboard.Data["keys"].(map[string]interface{})["test"].(map[string]interface{})["api_key"].(string)
 
-	e.cli(nil, "lease", "revoke", k1.lease)
+	e.revokeLease(k1.lease)
 	e.wantCode(k1.key, "NOT_FOUND")
 	if _, err := e.c.Logical().Delete(e.path("tenants/acme/keys/" + k2.id)); err != nil {
 		t.Fatal(err)

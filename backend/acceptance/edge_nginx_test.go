@@ -146,7 +146,7 @@ func TestEdgeBehindNginx(t *testing.T) {
 
 	other := e.issue("acme", "web", nil)
 	waitFor(other.key, http.StatusOK, "second key")
-	e.cli(nil, "lease", "revoke", k.lease)
+	e.revokeLease(k.lease)
 	t.Logf("nginx refuses a key revoked with vault lease revoke after %s", waitFor(k.key, http.StatusUnauthorized, "revoked key"))
 	write(t, e.c, e.path("tenants/acme"), map[string]interface{}{"status": "suspended"})
 	t.Logf("nginx refuses a suspended tenant's key after %s", waitFor(other.key, http.StatusUnauthorized, "suspended tenant"))

@@ -280,7 +280,7 @@ func TestMonitoringThroughVault(t *testing.T) {
 	// The scan finds both keys inside the 2h warning window: the dynamic
 	// key (1h TTL) and the static key's old key (10m grace).
 	waitFor(t, 20*time.Second, "key-expiring", func() bool { return rcv.count(notify.KeyExpiring) >= 2 })
-	e.cli(nil, "lease", "revoke", k.lease)
+	e.revokeLease(k.lease)
 	e.wantCode(k.key, "NOT_FOUND")
 
 	// Every event so far reaches the receiver, signed.
