@@ -15,15 +15,15 @@ type verifyCache struct {
 	mu      sync.RWMutex
 	keys    keyIndex
 	tenants map[string]*tenantEntry
-	// policies interns the keys' access policies: keys of one role share
-	// one, so verify reads it from the CPU caches.
-	policies map[string]*keyPolicy
+	// profiles interns the keys' profiles: keys of one role share one, so
+	// verify reads it from the CPU caches.
+	profiles map[string]*keyProfile
 }
 
 func newVerifyCache() *verifyCache {
 	return &verifyCache{
 		tenants:  make(map[string]*tenantEntry),
-		policies: make(map[string]*keyPolicy),
+		profiles: make(map[string]*keyProfile),
 	}
 }
 
@@ -34,16 +34,16 @@ func (c *verifyCache) getKey(h [32]byte) (verifySlot, bool) {
 	return s, ok
 }
 
-// putKey stores k, which nobody else holds yet: its policy becomes the
-// shared instance of equal policies.
+// putKey stores k, which nobody else holds yet: its profile becomes the
+// shared instance of equal profiles.
 func (c *verifyCache) putKey(k *cachedKey) {
 	c.mu.Lock()
-	if p, ok := c.policies[k.policy.id]; ok {
-		k.policy = p
+	if p, ok := c.profiles[k.profile.id]; ok {
+		k.profile = p
 	} else {
-		c.policies[k.policy.id] = k.policy
+		c.profiles[k.profile.id] = k.profile
 	}
-	k.policy.refs++
+	k.profile.refs++
 	c.release(c.keys.put(k.slot()))
 	c.mu.Unlock()
 }
@@ -54,13 +54,13 @@ func (c *verifyCache) deleteKey(h [32]byte) {
 	c.mu.Unlock()
 }
 
-// release drops a removed slot's hold on its policy; c.mu is held.
+// release drops a removed slot's hold on its profile; c.mu is held.
 func (c *verifyCache) release(s verifySlot) {
 	if s.key == nil {
 		return
 	}
-	if s.policy.refs--; s.policy.refs == 0 {
-		delete(c.policies, s.policy.id)
+	if s.profile.refs--; s.profile.refs == 0 {
+		delete(c.profiles, s.profile.id)
 	}
 }
 
@@ -87,7 +87,7 @@ func (c *verifyCache) reset() {
 	c.mu.Lock()
 	c.keys = keyIndex{}
 	c.tenants = make(map[string]*tenantEntry)
-	c.policies = make(map[string]*keyPolicy)
+	c.profiles = make(map[string]*keyProfile)
 	c.mu.Unlock()
 }
 

@@ -2,58 +2,79 @@ package backend
 
 import (
 	"encoding/binary"
+	"maps"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
-	"unique"
 )
 
 // verifySlot is one 64-byte line of the verify index: everything the verify
 // decision reads about a key. A warm verify touches this one line of memory
-// that belongs to the key alone; the tenant name and the access policy it
-// points at are shared by many keys and stay in the CPU caches. So verify
-// costs about the same at 10k keys as at 1M, where a map of pointers to
-// records took several DRAM misses per verify.
+// that belongs to the key alone; the profile it points at is shared by the
+// keys of a role and stays in the CPU caches. So verify costs about the same
+// at 10k keys as at 1M, where a map of pointers to records took several DRAM
+// misses per verify.
 type verifySlot struct {
 	hash      [32]byte
 	expiresAt int64 // unix nanoseconds; 0 never
-	tenant    unique.Handle[string]
-	policy    *keyPolicy
-	// key is the full record, read to build the answer, never to decide.
-	// nil marks an empty slot.
+	profile   *keyProfile
+	// key is the rest of the key, read to build the answer, never to
+	// decide. nil marks an empty slot.
 	key *cachedKey
+	_   [8]byte // a slot fills one cache line, never two
 }
 
-// keyPolicy is what a key allows: its scopes (the role's at issue, or a
-// narrower set), allowed CIDRs and rate limit. Keys issued from the same role
-// share one instance, interned by the cache.
-type keyPolicy struct {
-	scopes     []string
-	cidrs      []netip.Prefix
-	rateLimit  int
-	ratePeriod time.Duration
+// keyProfile is what keys issued from one role share: what they allow (the
+// scopes, the role's or a narrower set; allowed CIDRs; rate limit) and the
+// role-level fields of the verify answer. The cache interns profiles, so a
+// million keys of a few roles hold a few profiles, not a million records.
+type keyProfile struct {
+	tenant, role, environment, kind string
+	scopes                          []string
+	cidrs                           []netip.Prefix
+	rateLimit                       int
+	ratePeriod                      time.Duration
+	metadata                        map[string]string
 
 	id   string // canonical form: the intern key
 	refs int    // cached keys using it; guarded by verifyCache.mu
 }
 
-func newKeyPolicy(e *keyEntry, cidrs []netip.Prefix) *keyPolicy {
+func newKeyProfile(e *keyEntry, cidrs []netip.Prefix) *keyProfile {
+	// Every part is length-prefixed, so two different profiles can never
+	// share an id, whatever bytes their strings hold.
 	var id strings.Builder
-	for _, s := range e.Scopes {
+	put := func(s string) {
+		id.WriteString(strconv.Itoa(len(s)))
+		id.WriteByte(':')
 		id.WriteString(s)
-		id.WriteByte(0)
 	}
-	id.WriteByte(1)
+	for _, s := range []string{e.Tenant, e.Role, e.Environment, e.Kind} {
+		put(s)
+	}
+	put(strconv.Itoa(len(e.Scopes)))
+	for _, s := range e.Scopes {
+		put(s)
+	}
+	put(strconv.Itoa(len(cidrs)))
 	for _, c := range cidrs {
-		id.WriteString(c.String())
-		id.WriteByte(0)
+		put(c.String())
 	}
-	id.WriteByte(1)
-	id.WriteString(strconv.Itoa(e.RateLimit))
-	id.WriteByte('/')
-	id.WriteString(strconv.FormatInt(int64(e.RateLimitPeriod), 10))
-	return &keyPolicy{scopes: e.Scopes, cidrs: cidrs, rateLimit: e.RateLimit, ratePeriod: e.RateLimitPeriod, id: id.String()}
+	put(strconv.Itoa(e.RateLimit))
+	put(strconv.FormatInt(int64(e.RateLimitPeriod), 10))
+	put(strconv.Itoa(len(e.Metadata)))
+	for _, k := range slices.Sorted(maps.Keys(e.Metadata)) {
+		put(k)
+		put(e.Metadata[k])
+	}
+	return &keyProfile{
+		tenant: e.Tenant, role: e.Role, environment: e.Environment, kind: e.Kind,
+		scopes: nonNilSlice(e.Scopes), cidrs: cidrs,
+		rateLimit: e.RateLimit, ratePeriod: e.RateLimitPeriod,
+		metadata: nonNilMap(e.Metadata), id: id.String(),
+	}
 }
 
 // keyIndex is an open-addressing hash table (linear probing, backward-shift

@@ -3,9 +3,11 @@ package backend
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // indexHash makes a hash whose table position is pos masked to the table's
@@ -34,7 +36,7 @@ func checkIndex(t *testing.T, x *keyIndex, model map[[32]byte]*cachedKey) {
 	}
 	for h, k := range model {
 		s, ok := x.get(&h)
-		if !ok || s.key != k || s.hash != h || s.policy != k.policy || s.tenant != k.tenant {
+		if !ok || s.key != k || s.hash != h || s.profile != k.profile || s.expiresAt != k.expiresAt {
 			t.Fatalf("get %x: %v %+v", h[:12], ok, s)
 		}
 	}
@@ -121,10 +123,17 @@ func TestKeyIndexRandomOps(t *testing.T) {
 	}
 }
 
-// TestVerifyCacheSharesPolicies checks that keys with equal access policies
-// share one instance, and that the intern table forgets a policy with its
-// last key.
-func TestVerifyCacheSharesPolicies(t *testing.T) {
+// TestVerifySlotIsOneCacheLine: the layout verify's speed at 1M keys rests on.
+func TestVerifySlotIsOneCacheLine(t *testing.T) {
+	if n := unsafe.Sizeof(verifySlot{}); n != 64 {
+		t.Fatalf("verifySlot is %d bytes, want 64", n)
+	}
+}
+
+// TestVerifyCacheSharesProfiles checks that keys with equal profiles share
+// one instance, that every field of a profile tells profiles apart, and that
+// the intern table forgets a profile with its last key.
+func TestVerifyCacheSharesProfiles(t *testing.T) {
 	c := newVerifyCache()
 	a := indexKey(indexHash(1, 1), "acme", "read", "write")
 	b := indexKey(indexHash(2, 2), "acme", "read", "write")
@@ -132,44 +141,60 @@ func TestVerifyCacheSharesPolicies(t *testing.T) {
 	for _, k := range []*cachedKey{a, b, d} {
 		c.putKey(k)
 	}
-	if a.policy != b.policy || a.policy == d.policy {
+	if a.profile != b.profile || a.profile == d.profile {
 		t.Fatal("equal policies not shared, or different ones merged")
 	}
-	if len(c.policies) != 2 || a.policy.refs != 2 {
-		t.Fatalf("%d interned policies, refs %d", len(c.policies), a.policy.refs)
+	if len(c.profiles) != 2 || a.profile.refs != 2 {
+		t.Fatalf("%d interned profiles, refs %d", len(c.profiles), a.profile.refs)
 	}
 	// Replacing a key's record releases its old policy.
 	b2 := indexKey(indexHash(2, 2), "acme", "read")
 	c.putKey(b2)
-	if b2.policy != d.policy || a.policy.refs != 1 || d.policy.refs != 2 {
-		t.Fatalf("after replace: refs %d and %d", a.policy.refs, d.policy.refs)
+	if b2.profile != d.profile || a.profile.refs != 1 || d.profile.refs != 2 {
+		t.Fatalf("after replace: refs %d and %d", a.profile.refs, d.profile.refs)
 	}
 	c.deleteKey(a.hash)
-	if _, ok := c.policies[a.policy.id]; ok {
-		t.Fatal("policy kept after its last key was deleted")
+	if _, ok := c.profiles[a.profile.id]; ok {
+		t.Fatal("profile kept after its last key was deleted")
 	}
 	c.deleteKey(a.hash) // already gone: no double release
-	if d.policy.refs != 2 || len(c.policies) != 1 {
-		t.Fatalf("refs %d, %d policies", d.policy.refs, len(c.policies))
+	if d.profile.refs != 2 || len(c.profiles) != 1 {
+		t.Fatalf("refs %d, %d profiles", d.profile.refs, len(c.profiles))
 	}
-	// The rate limit and CIDRs are part of a policy's identity.
-	e := indexKey(indexHash(4, 4), "acme", "read")
-	e2, err := newCachedKey(&keyEntry{Tenant: "acme", Scopes: []string{"read"}, RateLimit: 5, RateLimitPeriod: time.Second}, indexHash(5, 5))
-	if err != nil {
-		t.Fatal(err)
+	// Each field is part of a profile's identity, and strings holding the
+	// encoding's own separators cannot make two profiles collide.
+	base := keyEntry{Tenant: "acme", Role: "web", Environment: "live", Kind: kindDynamic, Scopes: []string{"read"}, Metadata: map[string]string{"team": "a"}}
+	variants := []func(e *keyEntry){
+		func(e *keyEntry) {},
+		func(e *keyEntry) { e.Tenant = "globex" },
+		func(e *keyEntry) { e.Role = "api" },
+		func(e *keyEntry) { e.Environment = "test" },
+		func(e *keyEntry) { e.Kind = kindStatic },
+		func(e *keyEntry) { e.Scopes = []string{"read", "write"} },
+		func(e *keyEntry) { e.Scopes = []string{"read:1:w"} },
+		func(e *keyEntry) { e.AllowedCIDRs = []string{"10.0.0.0/8"} },
+		func(e *keyEntry) { e.RateLimit, e.RateLimitPeriod = 5, time.Second },
+		func(e *keyEntry) { e.Metadata = map[string]string{"team": "b"} },
+		func(e *keyEntry) { e.Metadata = map[string]string{"team": "a", "x": ""} },
+		func(e *keyEntry) { e.Metadata = map[string]string{"team": "a1:x"} },
 	}
-	e3, err := newCachedKey(&keyEntry{Tenant: "acme", Scopes: []string{"read"}, AllowedCIDRs: []string{"10.0.0.0/8"}}, indexHash(6, 6))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []*cachedKey{e, e2, e3} {
+	seen := map[*keyProfile]int{}
+	for i, change := range variants {
+		e := base
+		e.Metadata = maps.Clone(base.Metadata)
+		change(&e)
+		k, err := newCachedKey(&e, indexHash(uint64(100+i), uint32(100+i)))
+		if err != nil {
+			t.Fatal(err)
+		}
 		c.putKey(k)
-	}
-	if e.policy != d.policy || e2.policy == d.policy || e3.policy == d.policy || e2.policy == e3.policy {
-		t.Fatal("rate limit or CIDRs ignored in policy identity")
+		if j, ok := seen[k.profile]; ok {
+			t.Fatalf("variants %d and %d share a profile", j, i)
+		}
+		seen[k.profile] = i
 	}
 	c.reset()
-	if len(c.policies) != 0 || c.keys.count != 0 {
+	if len(c.profiles) != 0 || c.keys.count != 0 {
 		t.Fatal("reset kept entries")
 	}
 }

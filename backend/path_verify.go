@@ -191,8 +191,8 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput
 	if k.key == nil || !keyformat.Equal(k.hash, sum) {
 		return verifyOutcome{Code: codeNotFound}, nil
 	}
-	tenant := k.tenant.Value()
-	if in.Tenant != "" && tenant != in.Tenant {
+	p := k.profile
+	if in.Tenant != "" && p.tenant != in.Tenant {
 		return verifyOutcome{Code: codeNotFound}, nil
 	}
 	// Expiry is checked here even though the lease revokes the key: a revoke
@@ -200,7 +200,7 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput
 	if k.expiresAt != 0 && now.UnixNano() >= k.expiresAt {
 		return verifyOutcome{Code: codeExpired, Key: k.key}, nil
 	}
-	t, err := b.lookupTenant(ctx, s, tenant)
+	t, err := b.lookupTenant(ctx, s, p.tenant)
 	if err != nil {
 		return verifyOutcome{}, err
 	}
@@ -210,7 +210,6 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput
 	if t.Status == tenantSuspended {
 		return verifyOutcome{Code: codeTenantSuspended, Key: k.key}, nil
 	}
-	p := k.policy
 	if !keyformat.AllowsIP(p.cidrs, in.ClientIP) {
 		return verifyOutcome{Code: codeIPNotAllowed, Key: k.key}, nil
 	}
@@ -218,7 +217,7 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput
 		return verifyOutcome{Code: codeInsufficientScope, Key: k.key}, nil
 	}
 	// Only requests that would otherwise pass spend the key's allowance.
-	if p.rateLimit > 0 && !b.limiter.allow(k.key.entry.KeyID, p.rateLimit, p.ratePeriod, now) {
+	if p.rateLimit > 0 && !b.limiter.allow(k.key.keyID, p.rateLimit, p.ratePeriod, now) {
 		return verifyOutcome{Code: codeRateLimited, Key: k.key}, nil
 	}
 	return verifyOutcome{Code: codeValid, Key: k.key}, nil
@@ -228,23 +227,23 @@ func verifyResponse(out verifyOutcome) map[string]interface{} {
 	if out.Code != codeValid {
 		return map[string]interface{}{"valid": false, "code": out.Code}
 	}
-	e := out.Key.entry
+	k, p := out.Key, out.Key.profile
 	var expires interface{}
-	if !e.ExpiresAt.IsZero() {
-		expires = e.ExpiresAt.Format(time.RFC3339)
+	if k.expiresAt != 0 {
+		expires = time.Unix(0, k.expiresAt).UTC().Format(time.RFC3339)
 	}
 	return map[string]interface{}{
 		"valid":       true,
 		"code":        codeValid,
-		"key_id":      e.KeyID,
-		"tenant":      e.Tenant,
-		"role":        e.Role,
-		"scopes":      nonNilSlice(e.Scopes),
-		"environment": e.Environment,
-		"metadata":    nonNilMap(e.Metadata),
+		"key_id":      k.keyID,
+		"tenant":      p.tenant,
+		"role":        p.role,
+		"scopes":      p.scopes,
+		"environment": p.environment,
+		"metadata":    p.metadata,
 		"expires_at":  expires,
-		"kind":        e.Kind,
-		"in_grace":    e.InGrace,
+		"kind":        p.kind,
+		"in_grace":    k.inGrace,
 	}
 }
 

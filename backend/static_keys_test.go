@@ -28,7 +28,7 @@ func TestStaticKeyRotationKeepsOldKeyInGrace(t *testing.T) {
 	createStatic(t, b, s, map[string]interface{}{"role": "web", "rotation_period": "1h", "grace_period": "10m"})
 	k1, id1 := staticCreds(t, b, s)
 	out, err := b.verify(context.Background(), s, &verifyInput{APIKey: k1}, time.Now())
-	if err != nil || out.Code != codeValid || out.Key.entry.Kind != kindStatic || out.Key.entry.InGrace {
+	if err != nil || out.Code != codeValid || out.Key.profile.kind != kindStatic || out.Key.inGrace {
 		t.Fatalf("first key: %v %+v", err, out)
 	}
 
@@ -39,7 +39,7 @@ func TestStaticKeyRotationKeepsOldKeyInGrace(t *testing.T) {
 	}
 	now := time.Now()
 	out, _ = b.verify(context.Background(), s, &verifyInput{APIKey: k1}, now)
-	if out.Code != codeValid || !out.Key.entry.InGrace {
+	if out.Code != codeValid || !out.Key.inGrace {
 		t.Fatalf("old key right after rotation: %+v", out)
 	}
 	if c := b.code(t, s, verifyInput{APIKey: k2}, now); c != codeValid {

@@ -440,12 +440,12 @@ func (b *backend) recordVerify(in *verifyInput, out verifyOutcome, start time.Ti
 	win := nowNano / int64(cfg.AnomalyWindow)
 
 	if out.Code == codeValid {
-		e := out.Key.entry
-		k := u.key(e.Tenant, e.KeyID, e.Role, &out.Key.hash)
+		ck, p := out.Key, out.Key.profile
+		k := u.key(p.tenant, ck.keyID, p.role, &ck.hash)
 		k.tu.codes[0].Add(1)
 		rc := k.role.Load()
 		if rc == nil {
-			rc = k.tu.role(e.Role)
+			rc = k.tu.role(p.role)
 			k.role.Store(rc)
 		}
 		rc.Add(1)
@@ -462,7 +462,7 @@ func (b *backend) recordVerify(in *verifyInput, out verifyOutcome, start time.Ti
 			if base, ok := k.spike.baseline(); ok {
 				threshold = max(threshold, base*int64(cfg.KeySpikeFactor))
 				if n >= threshold && k.spike.fire(win) {
-					b.raiseAnomaly(anomaly{Kind: anomalyKeySpike, Tenant: e.Tenant, KeyID: e.KeyID, Count: n, Baseline: base, Threshold: threshold, Window: cfg.AnomalyWindow})
+					b.raiseAnomaly(anomaly{Kind: anomalyKeySpike, Tenant: p.tenant, KeyID: ck.keyID, Count: n, Baseline: base, Threshold: threshold, Window: cfg.AnomalyWindow})
 				}
 			}
 		}
@@ -473,7 +473,7 @@ func (b *backend) recordVerify(in *verifyInput, out verifyOutcome, start time.Ti
 	var tenant string
 	switch {
 	case out.Key != nil:
-		tenant = out.Key.entry.Tenant
+		tenant = out.Key.profile.tenant
 	case in.Tenant != "":
 		tenant = in.Tenant
 	default:
