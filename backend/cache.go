@@ -92,8 +92,9 @@ func (c *verifyCache) reset() {
 }
 
 // lookupKey returns the verify slot of the key whose HMAC is h (key nil when
-// there is none), from the cache or else from storage. The fill holds the hash lock, so a concurrent revoke or
-// Invalidate either runs before the read or removes what the fill stored.
+// there is none), from the cache or else from storage. The fill holds the
+// hash lock, so a concurrent revoke or Invalidate either runs before the
+// read or removes what the fill stored.
 func (b *backend) lookupKey(ctx context.Context, s logical.Storage, h [32]byte) (verifySlot, error) {
 	if k, ok := b.cache.getKey(h); ok {
 		return k, nil
@@ -110,12 +111,13 @@ func (b *backend) lookupKey(ctx context.Context, s logical.Storage, h [32]byte) 
 		return k, nil
 	}
 	e, err := readKeyRecord(ctx, s, hx)
-	if err != nil || e == nil {
-		if err == nil {
-			// Holding the hash lock: no write of this hash can interleave.
-			b.known.remove(h)
-		}
+	if err != nil {
 		return verifySlot{}, err
+	}
+	if e == nil {
+		// Holding the hash lock: no write of this hash can interleave.
+		b.known.remove(h)
+		return verifySlot{}, nil
 	}
 	k, err := newCachedKey(e, h)
 	if err != nil {
