@@ -562,9 +562,12 @@ func (h *harness) checkVerifyErrors(oldIdx, newIdx int, killAt, restartedAt time
 		}
 		kinds[h.errKind(a)]++
 		switch {
-		case a.start.Before(killAt):
+		case a.end.Before(killAt):
+			// Failed while every node was up.
 			preKill++
 		case !a.start.After(recoveredAt):
+			// Includes requests sent just before the kill through a
+			// standby, whose forwarding to the dying node failed.
 			inWindow++
 		default:
 			outside++
@@ -578,7 +581,7 @@ func (h *harness) checkVerifyErrors(oldIdx, newIdx int, killAt, restartedAt time
 	for idx, at := range recovered {
 		t.Logf("  %s answered again %s after the kill", h.c.Nodes[idx].ID, at.Sub(killAt).Round(time.Millisecond))
 	}
-	t.Logf("verify errors: %d inside the window (kill -> every surviving node answering, %s), %d outside it, %d before the kill; %d requests in flight to the killed node lost",
+	t.Logf("verify errors: %d inside the window (in flight at the kill, or sent before every surviving node answered again at +%s), %d outside it, %d before the kill; %d requests in flight to the killed node lost",
 		inWindow, recoveredAt.Sub(killAt).Round(time.Millisecond), outside, preKill, inflightDead)
 	for k, n := range kinds {
 		t.Logf("  %5d × %s", n, k)
