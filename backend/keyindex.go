@@ -13,9 +13,9 @@ import (
 // verifySlot is one 64-byte line of the verify index: everything the verify
 // decision reads about a key. A warm verify touches this one line of memory
 // that belongs to the key alone; the profile it points at is shared by the
-// keys of a role and stays in the CPU caches. So verify costs about the same
-// at 10k keys as at 1M, where a map of pointers to records took several DRAM
-// misses per verify.
+// keys of a role and stays in the CPU caches. So a verify among 1M keys
+// costs one memory access more than among 10k, where a map of pointers to
+// records took several DRAM misses per verify.
 type verifySlot struct {
 	hash      [32]byte
 	expiresAt int64 // unix nanoseconds; 0 never
@@ -30,6 +30,7 @@ type verifySlot struct {
 // scopes, the role's or a narrower set; allowed CIDRs; rate limit) and the
 // role-level fields of the verify answer. The cache interns profiles, so a
 // million keys of a few roles hold a few profiles, not a million records.
+// Keys issued with metadata of their own each hold a profile of their own.
 type keyProfile struct {
 	tenant, role, environment, kind string
 	scopes                          []string
