@@ -87,7 +87,7 @@ type keyIndex struct {
 	count int
 }
 
-const minIndexSlots = 1024
+const minIndexSlots = 8
 
 func (x *keyIndex) home(h *[32]byte) int {
 	return int(binary.LittleEndian.Uint64(h[:8]) & uint64(len(x.slots)-1))
@@ -164,6 +164,8 @@ func (x *keyIndex) delete(h *[32]byte) verifySlot {
 	return old
 }
 
+// resize rebuilds the table at n slots. It runs under the shard's write
+// lock, so that shard's verifies wait for it (verifyCache.shards).
 func (x *keyIndex) resize(n int) {
 	old := x.slots
 	x.slots = make([]verifySlot, n)

@@ -28,12 +28,15 @@ const replicationStateTTL = time.Second
 // in that second fails and is retried like any failed write.
 type stateCachingView struct {
 	logical.SystemView
+	// start gives the cache a monotonic clock: a wall clock stepped back
+	// would keep a stale state for as long as it was stepped.
+	start time.Time
 	state atomic.Uint32
-	until atomic.Int64 // unix nanoseconds; 0 before the first call
+	until atomic.Int64 // nanoseconds since start; 0 before the first call
 }
 
 func (v *stateCachingView) ReplicationState() consts.ReplicationState {
-	now := time.Now().UnixNano()
+	now := int64(time.Since(v.start))
 	if now < v.until.Load() {
 		return consts.ReplicationState(v.state.Load())
 	}
@@ -55,7 +58,7 @@ func cacheReplicationState(sys logical.SystemView) logical.SystemView {
 	if sys == nil {
 		return nil
 	}
-	v := &stateCachingView{SystemView: sys}
+	v := &stateCachingView{SystemView: sys, start: time.Now()}
 	if src, ok := sys.(entropy.Sourcer); ok {
 		return stateCachingSourcerView{v, src}
 	}
