@@ -94,18 +94,6 @@ func (c *verifyCache) release(s verifySlot) {
 	}
 }
 
-// keyCount is the number of cached keys.
-func (c *verifyCache) keyCount() int {
-	n := 0
-	for i := range c.shards {
-		sh := &c.shards[i]
-		sh.mu.RLock()
-		n += sh.count
-		sh.mu.RUnlock()
-	}
-	return n
-}
-
 func (c *verifyCache) getTenant(name string) *tenantEntry {
 	c.mu.RLock()
 	t := c.tenants[name]

@@ -222,3 +222,15 @@ func BenchmarkKeyIndexGet(bb *testing.B) {
 		})
 	}
 }
+
+// keyCount is the number of cached keys.
+func (c *verifyCache) keyCount() int {
+	n := 0
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.RLock()
+		n += sh.count
+		sh.mu.RUnlock()
+	}
+	return n
+}
