@@ -1,29 +1,35 @@
 package backend
 
 import (
-	"encoding/binary"
 	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // verifySlot is one 64-byte line of the verify index: everything the verify
 // decision reads about a key. A warm verify touches this one line of memory
 // that belongs to the key alone; the profile it points at is shared by the
-// keys of a role and stays in the CPU caches. So a verify among 1M keys
-// costs one memory access more than among 10k, where a map of pointers to
-// records took several DRAM misses per verify.
+// keys of a role and stays in the CPU caches.
+//
+// The line's position comes from loc, a keyed hash of the plaintext key
+// that is cheap to compute (verifyCache.locate), not from the HMAC. So
+// verify can start reading the line before it computes the HMAC, and the
+// CPU fetches it from memory during the HMAC's ~250 ns: a verify among 1M
+// keys, whose table is far bigger than the CPU caches, costs about what one
+// among 10k does.
 type verifySlot struct {
 	hash      [32]byte
-	expiresAt int64 // unix nanoseconds; 0 never
+	loc       uint64 // never 0 in a used slot
+	expiresAt int64  // unix nanoseconds; 0 never
 	profile   *keyProfile
 	// key is the rest of the key, read to build the answer, never to
 	// decide. nil marks an empty slot.
 	key *cachedKey
-	_   [8]byte // a slot fills one cache line, never two
 }
 
 // keyProfile is what keys issued from one role share: what they allow (the
@@ -79,42 +85,55 @@ func newKeyProfile(e *keyEntry, cidrs []netip.Prefix) *keyProfile {
 }
 
 // keyIndex is an open-addressing hash table (linear probing, backward-shift
-// deletion) of verifySlots keyed by the key's HMAC. The HMAC is uniformly
-// random, so its first bytes are the table position; a hit usually costs one
-// cache line. Not safe for concurrent use: verifyCache guards it.
+// deletion) of verifySlots keyed by (loc, HMAC). loc is uniformly random, so
+// its low bits are the table position; a hit usually costs one cache line.
+// Not safe for concurrent use: verifyCache guards it.
 type keyIndex struct {
 	slots []verifySlot // length a power of two, at most 3/4 full
 	count int
+	// view is slots for prefetch, which runs without the shard's lock.
+	view atomic.Pointer[[]verifySlot]
 }
 
 const minIndexSlots = 8
 
-func (x *keyIndex) home(h *[32]byte) int {
-	return int(binary.LittleEndian.Uint64(h[:8]) & uint64(len(x.slots)-1))
+func (x *keyIndex) home(loc uint64) int {
+	return int(loc & uint64(len(x.slots)-1))
 }
 
-// find returns the position of h, or -1.
-func (x *keyIndex) find(h *[32]byte) int {
+// find returns the position of (loc, h), or -1.
+func (x *keyIndex) find(loc uint64, h *[32]byte) int {
 	if len(x.slots) == 0 {
 		return -1
 	}
 	mask := len(x.slots) - 1
-	for i := x.home(h); ; i = (i + 1) & mask {
+	for i := x.home(loc); ; i = (i + 1) & mask {
 		s := &x.slots[i]
 		if s.key == nil {
 			return -1
 		}
-		if s.hash == *h {
+		if s.loc == loc && s.hash == *h {
 			return i
 		}
 	}
 }
 
-func (x *keyIndex) get(h *[32]byte) (verifySlot, bool) {
-	if i := x.find(h); i >= 0 {
+func (x *keyIndex) get(loc uint64, h *[32]byte) (verifySlot, bool) {
+	if i := x.find(loc, h); i >= 0 {
 		return x.slots[i], true
 	}
 	return verifySlot{}, false
+}
+
+// prefetch starts loading loc's home slot into the CPU caches and returns
+// at once (see prefetch.go). It needs no lock: it reads the table through
+// view, and a table replaced meanwhile only makes the hint useless. A lock
+// would cost more than the hint saves: its atomic instruction waits for the
+// memory access that the prefetch has just started.
+func (x *keyIndex) prefetch(loc uint64) {
+	if v := x.view.Load(); v != nil && len(*v) != 0 {
+		prefetch(unsafe.Pointer(&(*v)[loc&uint64(len(*v)-1)]))
+	}
 }
 
 // put stores s, returning the slot it replaced (key nil when none).
@@ -123,14 +142,14 @@ func (x *keyIndex) put(s verifySlot) verifySlot {
 		x.resize(max(minIndexSlots, 2*len(x.slots)))
 	}
 	mask := len(x.slots) - 1
-	for i := x.home(&s.hash); ; i = (i + 1) & mask {
+	for i := x.home(s.loc); ; i = (i + 1) & mask {
 		cur := &x.slots[i]
 		if cur.key == nil {
 			*cur = s
 			x.count++
 			return verifySlot{}
 		}
-		if cur.hash == s.hash {
+		if cur.loc == s.loc && cur.hash == s.hash {
 			old := *cur
 			*cur = s
 			return old
@@ -138,17 +157,18 @@ func (x *keyIndex) put(s verifySlot) verifySlot {
 	}
 }
 
-// delete removes h, returning what it held (key nil when absent). Later
-// entries of the probe run move back, so lookups never need tombstones.
-func (x *keyIndex) delete(h *[32]byte) verifySlot {
-	i := x.find(h)
+// delete removes (loc, h), returning what it held (key nil when absent).
+// Later entries of the probe run move back, so lookups never need
+// tombstones.
+func (x *keyIndex) delete(loc uint64, h *[32]byte) verifySlot {
+	i := x.find(loc, h)
 	if i < 0 {
 		return verifySlot{}
 	}
 	old := x.slots[i]
 	mask := len(x.slots) - 1
 	for j := (i + 1) & mask; x.slots[j].key != nil; j = (j + 1) & mask {
-		home := x.home(&x.slots[j].hash)
+		home := x.home(x.slots[j].loc)
 		// The entry at j may fill the hole at i only if its home is not
 		// cyclically within (i, j].
 		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
@@ -175,4 +195,12 @@ func (x *keyIndex) resize(n int) {
 			x.put(old[i])
 		}
 	}
+	v := x.slots
+	x.view.Store(&v)
+}
+
+// clear empties the index.
+func (x *keyIndex) clear() {
+	x.slots, x.count = nil, 0
+	x.view.Store(nil)
 }

@@ -10,8 +10,8 @@ import (
 	"unsafe"
 )
 
-// indexHash makes a hash whose table position is pos masked to the table's
-// size, told apart by id.
+// indexHash makes a hash whose key indexKey places at pos (masked to the
+// table's size), told apart by id: keys of one pos share their loc.
 func indexHash(pos uint64, id uint32) [32]byte {
 	var h [32]byte
 	binary.LittleEndian.PutUint64(h[:8], pos)
@@ -20,12 +20,15 @@ func indexHash(pos uint64, id uint32) [32]byte {
 }
 
 func indexKey(h [32]byte, tenant string, scopes ...string) *cachedKey {
-	k, err := newCachedKey(&keyEntry{Tenant: tenant, Scopes: scopes}, h)
+	k, err := newCachedKey(&keyEntry{Tenant: tenant, Scopes: scopes, locator: indexLoc(h)}, h)
 	if err != nil {
 		panic(err)
 	}
 	return k
 }
+
+// indexLoc is the loc indexKey gives the key of hash h.
+func indexLoc(h [32]byte) uint64 { return max(1, binary.LittleEndian.Uint64(h[:8])) }
 
 // checkIndex compares the index with the model and checks that every entry
 // is reachable from its home position without crossing an empty slot.
@@ -35,8 +38,8 @@ func checkIndex(t *testing.T, x *keyIndex, model map[[32]byte]*cachedKey) {
 		t.Fatalf("count %d, model %d", x.count, len(model))
 	}
 	for h, k := range model {
-		s, ok := x.get(&h)
-		if !ok || s.key != k || s.hash != h || s.profile != k.profile || s.expiresAt != k.expiresAt {
+		s, ok := x.get(k.loc, &h)
+		if !ok || s.key != k || s.hash != h || s.loc != k.loc || s.profile != k.profile || s.expiresAt != k.expiresAt {
 			t.Fatalf("get %x: %v %+v", h[:12], ok, s)
 		}
 	}
@@ -60,7 +63,8 @@ func checkIndex(t *testing.T, x *keyIndex, model map[[32]byte]*cachedKey) {
 
 // TestKeyIndexRandomOps runs puts, replaces and deletes against a map model.
 // Positions are drawn from a narrow range so probe runs are long and wrap
-// around the end of the table, where backward-shift deletion is subtle.
+// around the end of the table, where backward-shift deletion is subtle, and
+// many keys share one loc, which only their HMACs tell apart.
 func TestKeyIndexRandomOps(t *testing.T) {
 	for _, spread := range []int{8, 64, 1 << 16} {
 		rng := rand.New(rand.NewPCG(uint64(spread), 7))
@@ -100,7 +104,7 @@ func TestKeyIndexRandomOps(t *testing.T) {
 					live[i] = live[len(live)-1]
 					live = live[:len(live)-1]
 				}
-				old := x.delete(&h)
+				old := x.delete(indexLoc(h), &h)
 				if old.key != model[h] {
 					t.Fatalf("delete %x returned the wrong entry", h[:12])
 				}
@@ -113,7 +117,7 @@ func TestKeyIndexRandomOps(t *testing.T) {
 		checkIndex(t, &x, model)
 		// Emptying the table shrinks it back.
 		for h := range model {
-			x.delete(&h)
+			x.delete(indexLoc(h), &h)
 			delete(model, h)
 		}
 		checkIndex(t, &x, model)
@@ -123,10 +127,14 @@ func TestKeyIndexRandomOps(t *testing.T) {
 	}
 }
 
-// TestVerifySlotIsOneCacheLine: the layout verify's speed at 1M keys rests on.
+// TestVerifySlotIsOneCacheLine: the layout verify's speed at 1M keys rests
+// on, and a shard per cache line, so that shards do not share one.
 func TestVerifySlotIsOneCacheLine(t *testing.T) {
 	if n := unsafe.Sizeof(verifySlot{}); n != 64 {
 		t.Fatalf("verifySlot is %d bytes, want 64", n)
+	}
+	if n := unsafe.Sizeof(indexShard{}); n != 64 {
+		t.Fatalf("indexShard is %d bytes, want 64", n)
 	}
 }
 
@@ -183,6 +191,7 @@ func TestVerifyCacheSharesProfiles(t *testing.T) {
 		e := base
 		e.Metadata = maps.Clone(base.Metadata)
 		change(&e)
+		e.locator = uint64(100 + i)
 		k, err := newCachedKey(&e, indexHash(uint64(100+i), uint32(100+i)))
 		if err != nil {
 			t.Fatal(err)
@@ -196,6 +205,83 @@ func TestVerifyCacheSharesProfiles(t *testing.T) {
 	c.reset()
 	if len(c.profiles) != 0 || c.keyCount() != 0 {
 		t.Fatal("reset kept entries")
+	}
+}
+
+// TestVerifyCachePlacesKeysItCanFind covers writes that do not know a key's
+// plaintext, hence its position (renew, rotation, a stored record read
+// back): they replace a cached copy in place and otherwise leave the key to
+// the next verify; and deletes find a key by its HMAC alone.
+func TestVerifyCachePlacesKeysItCanFind(t *testing.T) {
+	c := newVerifyCache()
+	h := indexHash(42, 1)
+	// Unknown position and not cached: stays out.
+	blind, err := newCachedKey(&keyEntry{Tenant: "acme", Scopes: []string{"read"}}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.putKey(blind)
+	if c.keyCount() != 0 || len(c.locs) != 0 || len(c.profiles) != 0 {
+		t.Fatalf("a key without a position was cached: %d keys, %d locs, %d profiles", c.keyCount(), len(c.locs), len(c.profiles))
+	}
+	// Placed where its plaintext put it.
+	placed := indexKey(h, "acme", "read")
+	c.putKey(placed)
+	if s, ok := c.getKey(placed.loc, h); !ok || s.key != placed {
+		t.Fatal("placed key not found")
+	}
+	// Rewritten without the plaintext: replaces the cached copy in place.
+	renewed, err := newCachedKey(&keyEntry{Tenant: "acme", Scopes: []string{"read"}, ExpiresAt: time.Unix(100, 0)}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.putKey(renewed)
+	s, ok := c.getKey(placed.loc, h)
+	if !ok || s.key != renewed || s.expiresAt != time.Unix(100, 0).UnixNano() || c.keyCount() != 1 {
+		t.Fatalf("rewrite not in place: %v %+v, %d keys", ok, s, c.keyCount())
+	}
+	// Same position, other HMAC: a different key.
+	other := indexKey(indexHash(42, 2), "acme", "read")
+	c.putKey(other)
+	if other.loc != placed.loc || c.keyCount() != 2 {
+		t.Fatalf("keys sharing a loc: %d cached", c.keyCount())
+	}
+	// Deleted by HMAC alone, the other key untouched; twice is harmless.
+	c.deleteKey(h)
+	c.deleteKey(h)
+	if _, ok := c.getKey(placed.loc, h); ok {
+		t.Fatal("deleted key still found")
+	}
+	if s, ok := c.getKey(other.loc, other.hash); !ok || s.key != other || len(c.locs) != 1 || other.profile.refs != 1 {
+		t.Fatalf("other key: %v, %d locs, refs %d", ok, len(c.locs), other.profile.refs)
+	}
+	// A wrong loc finds nothing.
+	if _, ok := c.getKey(other.loc+1, other.hash); ok {
+		t.Fatal("found under a wrong loc")
+	}
+}
+
+// TestLocateIsKeyedAndNeverZero: the position depends on the mount's own
+// random seed, so two caches place the same key independently, and 0 stays
+// free to mark empty slots.
+func TestLocateIsKeyedAndNeverZero(t *testing.T) {
+	a, b := newVerifyCache(), newVerifyCache()
+	same := 0
+	for i := range 64 {
+		k := fmt.Sprintf("ak_live_%d", i)
+		la, lb := a.locate(k), b.locate(k)
+		if la == 0 || lb == 0 {
+			t.Fatal("locate returned 0")
+		}
+		if la != a.locate(k) {
+			t.Fatal("locate is not stable")
+		}
+		if la == lb {
+			same++
+		}
+	}
+	if same > 1 {
+		t.Fatalf("%d of 64 keys got the same position under two seeds", same)
 	}
 }
 
@@ -215,7 +301,7 @@ func BenchmarkKeyIndexGet(bb *testing.B) {
 		bb.Run(fmt.Sprintf("%dk", n/1000), func(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
-				if _, ok := x.get(&hashes[i%n]); !ok {
+				if _, ok := x.get(indexLoc(hashes[i%n]), &hashes[i%n]); !ok {
 					b.Fatal("missing")
 				}
 			}

@@ -49,6 +49,11 @@ type keyEntry struct {
 	// EdgeHash is the key's HMAC under the edge verifier secret
 	// (edge_sync.go); empty for keys issued before edge sync existed.
 	EdgeHash string `json:"edge_hash,omitempty"`
+
+	// locator is the key's verify index position (verifyCache.locate),
+	// set where the plaintext is at hand (issue, static rotation) so the
+	// new key is cached at once. Memory only, never stored.
+	locator uint64
 }
 
 type keyPointer struct {
@@ -66,10 +71,11 @@ type cachedKey struct {
 	profile   *keyProfile
 	keyID     string
 	inGrace   bool
+	loc       uint64 // verifyCache.locate of the plaintext; 0 unknown
 }
 
 func newCachedKey(e *keyEntry, hash [32]byte) (*cachedKey, error) {
-	k := &cachedKey{hash: hash, keyID: e.KeyID, inGrace: e.InGrace}
+	k := &cachedKey{hash: hash, keyID: e.KeyID, inGrace: e.InGrace, loc: e.locator}
 	if !e.ExpiresAt.IsZero() {
 		k.expiresAt = e.ExpiresAt.UnixNano()
 	}
@@ -87,7 +93,7 @@ func newCachedKey(e *keyEntry, hash [32]byte) (*cachedKey, error) {
 
 // slot is the key's line in the verify index.
 func (k *cachedKey) slot() verifySlot {
-	return verifySlot{hash: k.hash, expiresAt: k.expiresAt, profile: k.profile, key: k}
+	return verifySlot{hash: k.hash, loc: k.loc, expiresAt: k.expiresAt, profile: k.profile, key: k}
 }
 
 func parseHash(s string) ([32]byte, bool) {

@@ -184,6 +184,7 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 		Metadata:        md,
 		CreatedAt:       now,
 		ExpiresAt:       now.Add(keyTTL),
+		locator:         b.cache.locate(apiKey),
 	}
 	if err := b.storeNewKey(ctx, req.Storage, e); err != nil {
 		return nil, err

@@ -174,6 +174,7 @@ func (b *backend) newStaticKeyRecord(ctx context.Context, s logical.Storage, t *
 	}
 	sum := h.Sum(apiKey)
 	rec.Hash = hex.EncodeToString(sum[:])
+	rec.locator = b.cache.locate(apiKey)
 	if rec.EdgeHash, err = b.edgeHashOf(ctx, s, apiKey); err != nil {
 		return nil, "", err
 	}

@@ -50,6 +50,7 @@ func benchPopulation(tb testing.TB, n int) *benchMount {
 			Kind: kindDynamic, Hash: hex.EncodeToString(sum[:]), Environment: "live",
 			Scopes: []string{"read", "write"}, Metadata: map[string]string{"team": "bench"},
 			CreatedAt: created, ExpiresAt: created.Add(24 * time.Hour),
+			locator: b.cache.locate(key),
 		}
 		if err := b.putKeyRecord(ctx, m.s, e); err != nil {
 			tb.Fatal(err)
