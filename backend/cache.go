@@ -13,17 +13,17 @@ import (
 // round trip. It is exact, not time-based: every local write updates it under
 // the entry's lock and Invalidate drops what other nodes changed.
 type verifyCache struct {
-	// seed keys locate. It is random and never leaves the process: a
-	// key's position is memory-only and nobody outside can aim keys at one
-	// probe run.
-	seed maphash.Seed
-
 	// shards split the key index by loc's top byte. Growing an index
 	// rebuilds it under its write lock; split 256 ways, that pauses the
 	// verifies of one shard for a millisecond or so at 1M keys (the worst
 	// put while filling 1M keys took 9.6 ms, garbage collection included)
 	// instead of every verify for a fifth of a second.
 	shards [indexShards]indexShard
+
+	// seed keys locate. It is random and never leaves the process: a
+	// key's position is memory-only and nobody outside can aim keys at one
+	// probe run.
+	seed maphash.Seed
 
 	// pmu guards profiles, which intern the keys' profiles: keys of one
 	// role share one, so verify reads it from the CPU caches. Key writes
@@ -44,8 +44,10 @@ type verifyCache struct {
 
 const indexShards = 256
 
-// indexShard fills one cache line (mutex 24 bytes, index 40): no false
-// sharing between shards.
+// indexShard is 64 bytes (mutex 24, index 40). Go does not align the array
+// to cache lines (a large allocation starts 8 bytes into its page), so a
+// shard shares a line with its neighbour's last field; with 256 shards two
+// cores rarely touch neighbours at once.
 type indexShard struct {
 	mu sync.RWMutex
 	keyIndex

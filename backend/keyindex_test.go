@@ -128,7 +128,7 @@ func TestKeyIndexRandomOps(t *testing.T) {
 }
 
 // TestVerifySlotIsOneCacheLine: the layout verify's speed at 1M keys rests
-// on, and a shard per cache line, so that shards do not share one.
+// on, and 64-byte shards (see indexShard).
 func TestVerifySlotIsOneCacheLine(t *testing.T) {
 	if n := unsafe.Sizeof(verifySlot{}); n != 64 {
 		t.Fatalf("verifySlot is %d bytes, want 64", n)
