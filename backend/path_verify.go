@@ -173,6 +173,9 @@ func (b *backend) handleVerify(ctx context.Context, req *logical.Request, d *fra
 // verify is the whole decision, free of HTTP and field parsing so that it can
 // be benchmarked alone. A warm call reads no storage and writes none, ever.
 func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput, now time.Time) (verifyOutcome, error) {
+	if len(in.APIKey) > keyformat.MaxLen {
+		return verifyOutcome{Code: codeMalformed}, nil
+	}
 	// The key's slot is placed by a cheap hash of the key, not by its
 	// HMAC: its memory access runs during the checks and the HMAC below.
 	loc := b.cache.locate(in.APIKey)

@@ -2,10 +2,13 @@ package backend
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
 func (b *backend) code(t testing.TB, s logical.Storage, in verifyInput, now time.Time) string {
@@ -22,7 +25,7 @@ func TestVerifyMalformedReadsNoStorage(t *testing.T) {
 	key, _, _ := setupAcme(t, b, s)
 	coldCaches(b) // cold: nothing cached, not even the pepper
 	s.reset()
-	for _, k := range []string{"", "garbage", badChecksum(key), key + "a", "ak_prod_" + key[8:], key[:20]} {
+	for _, k := range []string{"", "garbage", badChecksum(key), key + "a", "ak_prod_" + key[8:], key[:20], key + strings.Repeat("x", keyformat.MaxLen)} {
 		if c := b.code(t, s, verifyInput{APIKey: k}, time.Now()); c != codeMalformed {
 			t.Fatalf("%q: %s", k, c)
 		}

@@ -34,6 +34,10 @@ import (
 // 256-bit value in base62 (62^43 > 2^256).
 const BodyLen = 43
 
+// MaxLen is the longest string Parse looks at; longer ones are malformed
+// without being read.
+const MaxLen = 128
+
 // ChecksumLen is fixed for the same reason as BodyLen; 6 base62 digits are
 // the smallest width that holds any 32-bit CRC (62^6 > 2^32).
 const ChecksumLen = 6
@@ -49,7 +53,7 @@ const (
 	// maxKeyLen bounds the work Parse does on attacker-supplied input. It
 	// is well above the longest legal key (16+1+10+1+49 = 77) so that a
 	// future widening of the limits does not silently break parsing.
-	maxKeyLen = 128
+	maxKeyLen = MaxLen
 
 	minPepperLen = 32
 
