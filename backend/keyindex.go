@@ -20,7 +20,7 @@ import (
 // that is cheap to compute (verifyCache.locate), not from the HMAC. So
 // verify can start reading the line before it computes the HMAC, and the
 // CPU fetches it from memory during the HMAC's ~250 ns: a verify among 1M
-// keys, whose table is far bigger than the CPU caches, costs ~1.17x one
+// keys, whose table is far bigger than the CPU caches, costs ~1.2x one
 // among 10k instead of ~1.4x (docs/performance.md).
 type verifySlot struct {
 	hash      [32]byte
