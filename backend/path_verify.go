@@ -173,6 +173,7 @@ func (b *backend) handleVerify(ctx context.Context, req *logical.Request, d *fra
 // verify is the whole decision, free of HTTP and field parsing so that it can
 // be benchmarked alone. A warm call reads no storage and writes none, ever.
 func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput, now time.Time) (verifyOutcome, error) {
+	// Too long to be a key: not worth hashing for its position below.
 	if len(in.APIKey) > keyformat.MaxLen {
 		return verifyOutcome{Code: codeMalformed}, nil
 	}

@@ -35,7 +35,9 @@ import (
 const BodyLen = 43
 
 // MaxLen is the longest string Parse looks at; longer ones are malformed
-// without being read.
+// without being read. It bounds the work done on attacker-supplied input,
+// well above the longest legal key (16+1+10+1+49 = 77) so that a future
+// widening of the limits does not silently break parsing.
 const MaxLen = 128
 
 // ChecksumLen is fixed for the same reason as BodyLen; 6 base62 digits are
@@ -49,11 +51,6 @@ const (
 	// bodyBytes is the entropy of a key; 256 bits leaves no room for
 	// brute force even against the checksum-filtered key space.
 	bodyBytes = 32
-
-	// maxKeyLen bounds the work Parse does on attacker-supplied input. It
-	// is well above the longest legal key (16+1+10+1+49 = 77) so that a
-	// future widening of the limits does not silently break parsing.
-	maxKeyLen = MaxLen
 
 	minPepperLen = 32
 
@@ -135,7 +132,7 @@ func Generate(prefix, env string) (string, error) {
 
 	// Assemble on the stack so that, apart from raw, the only heap copy of
 	// the secret is the returned string.
-	var buf [maxKeyLen]byte
+	var buf [MaxLen]byte
 	n := copy(buf[:], prefix)
 	buf[n] = '_'
 	n++
@@ -211,7 +208,7 @@ type Parts struct {
 // for garbage input would cost allocations on the hot path. It does not
 // allocate and does at most a constant amount of work per call.
 func Parse(key string) (Parts, bool) {
-	if len(key) > maxKeyLen {
+	if len(key) > MaxLen {
 		return Parts{}, false
 	}
 

@@ -163,7 +163,7 @@ func TestParseRejectsMalformedKeys(t *testing.T) {
 		{"trailing space", valid + " "},
 		{"leading space", " " + valid},
 		{"too long", refKey("ak", "live", body) + strings.Repeat("a", 200)},
-		{"just over the length limit", strings.Repeat("a", maxKeyLen+1)},
+		{"just over the length limit", strings.Repeat("a", MaxLen+1)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
