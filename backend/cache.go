@@ -99,14 +99,16 @@ func (c *verifyCache) prefetchKey(loc uint64) { c.shard(loc).prefetch(loc) }
 func (c *verifyCache) putKey(k *cachedKey) {
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
-	if loc, ok := c.locs[locKey(&k.hash)]; !ok && k.loc == 0 {
+	known, ok := c.locs[locKey(&k.hash)]
+	switch {
+	case !ok && k.loc == 0:
 		return
-	} else if ok && k.loc == 0 {
-		k.loc = loc
-	} else if ok && loc != k.loc {
+	case ok && k.loc == 0:
+		k.loc = known
+	case ok && known != k.loc:
 		// Cannot happen under one seed (loc and HMAC are functions of the
 		// same plaintext), but never leave a second slot behind.
-		c.release(c.shard(loc).remove(loc, &k.hash))
+		c.release(c.shard(known).remove(known, &k.hash))
 	}
 	c.locs[locKey(&k.hash)] = k.loc
 	if p, ok := c.profiles[k.profile.id]; ok {
