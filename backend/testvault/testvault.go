@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -336,14 +337,20 @@ func (s *Server) Cleanup() {
 }
 
 // FreePortPair finds a loopback port p such that p and p+1 (Vault's dev
-// cluster port) are both free.
+// cluster port) are both free. It looks below the kernel's ephemeral range:
+// a port from that range, freed when a test kills a node, can be taken by
+// any outgoing connection (the load, the other nodes dialling the dead
+// one) before the node restarts and binds it again. That happened: a
+// restarted node could not listen on its cluster port, and the failover
+// test timed out waiting for it to rejoin.
 func FreePortPair() (int, error) {
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	lo, hi := nonEphemeralPorts()
+	for i := 0; i < 200; i++ {
+		port := lo + mrand.IntN(hi-lo)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
-			return 0, err
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
 		l2, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port+1))
 		l.Close()
 		if err != nil {
@@ -352,7 +359,22 @@ func FreePortPair() (int, error) {
 		l2.Close()
 		return port, nil
 	}
-	return 0, errors.New("no free loopback port pair found")
+	return 0, fmt.Errorf("no free loopback port pair found in [%d, %d)", lo, hi)
+}
+
+// nonEphemeralPorts is a range of ports the kernel does not hand out to
+// outgoing connections: the 10 000 ports below Linux's ip_local_port_range,
+// or 20000-30000 elsewhere (below the ranges BSD, macOS and Windows use).
+func nonEphemeralPorts() (lo, hi int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if low, err := strconv.Atoi(f[0]); err == nil && low > 11024 {
+				return low - 10000, low - 1
+			}
+		}
+	}
+	return 20000, 30000
 }
 
 // Raw sends a request with the server's token and returns status and body,
