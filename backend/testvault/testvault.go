@@ -340,9 +340,9 @@ func (s *Server) Cleanup() {
 // cluster port) are both free. It looks below the kernel's ephemeral range:
 // a port from that range, freed when a test kills a node, can be taken by
 // any outgoing connection (the load, the other nodes dialling the dead
-// one) before the node restarts and binds it again. That happened: a
-// restarted node could not listen on its cluster port, and the failover
-// test timed out waiting for it to rejoin.
+// one) before the node restarts and binds it again. In one CI run the
+// restarted node ran but its cluster port refused connections for 30 s, and
+// the failover test timed out waiting for it to rejoin.
 func FreePortPair() (int, error) {
 	lo, hi := nonEphemeralPorts()
 	for i := 0; i < 200; i++ {
