@@ -766,7 +766,7 @@ func TestDocsLinksResolve(t *testing.T) {
 		return a
 	}
 	var problems []string
-	for _, rel := range []string{"docs/api.md", "docs/operations.md", "docs/tutorial.md", "docs/architecture.md", "CHANGELOG.md", "README.md"} {
+	for _, rel := range []string{"docs/api.md", "docs/operations.md", "docs/tutorial.md", "docs/architecture.md", "docs/CHANGELOG.md", "README.md"} {
 		data, err := os.ReadFile(filepath.Join(root, rel))
 		if err != nil {
 			t.Fatal(err)
