@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
@@ -41,8 +42,10 @@ type backend struct {
 	limiter   *rateLimiter
 	rotations *rotationEngine
 
-	pepperMu sync.RWMutex
-	hasher   *hasherState
+	// pepperMu serialises loading and resetting the hasher; readers load
+	// it without the lock (getHasher).
+	pepperMu sync.Mutex
+	hasher   atomic.Pointer[hasherState]
 
 	// feed is the edge sync change feed and verifier secret (edge_sync.go).
 	feed edgeFeed
