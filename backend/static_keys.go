@@ -152,8 +152,11 @@ func (b *backend) newStaticKeyRecord(ctx context.Context, s logical.Storage, t *
 		}
 		if cur != nil {
 			rec.Scopes, rec.AllowedCIDRs, rec.RateLimit, rec.RateLimitPeriod = cur.Scopes, cur.AllowedCIDRs, cur.RateLimit, cur.RateLimitPeriod
+			// The role's metadata too: the current key holds it merged
+			// with the static key's own, which is applied again below.
+			rec.Metadata = maps.Clone(cur.Metadata)
 		}
-		b.Logger().Warn("role of static key is gone; rotating with the current key's scopes", "tenant", e.Tenant, "static_key", e.Name, "role", e.Role)
+		b.Logger().Warn("role of static key is gone; rotating with the current key's scopes, CIDRs, rate limit and metadata", "tenant", e.Tenant, "static_key", e.Name, "role", e.Role)
 	default:
 		return nil, "", fmt.Errorf("role %q of tenant %q does not exist", e.Role, e.Tenant)
 	}

@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -62,6 +63,33 @@ func TestStaticKeyRotationKeepsOldKeyInGrace(t *testing.T) {
 	ids, _ := s.List(context.Background(), keyIndexPrefix("acme"))
 	if len(ids) != 2 { // the dynamic key of setupAcme and the current static key
 		t.Fatalf("keys left: %v", ids)
+	}
+}
+
+// A static key whose role was deleted keeps rotating with what its current
+// key was issued with: the role's scopes and metadata included.
+func TestStaticKeyRotatesAfterItsRoleIsDeleted(t *testing.T) {
+	b, s := newTestBackend(t)
+	setupAcme(t, b, s)
+	b.do(t, s, logical.CreateOperation, "tenants/acme/roles/svc", map[string]interface{}{
+		"scopes": "read", "metadata": map[string]interface{}{"team": "payments", "tier": "gold"}, "ttl": "1h",
+	})
+	b.do(t, s, logical.CreateOperation, "tenants/acme/static-keys/app", map[string]interface{}{
+		"role": "svc", "rotation_period": "1h", "metadata": map[string]interface{}{"tier": "silver", "owner": "ops"},
+	})
+	b.do(t, s, logical.DeleteOperation, "tenants/acme/roles/svc", nil)
+	b.do(t, s, logical.UpdateOperation, "tenants/acme/static-keys/app/rotate", nil)
+	k2, _ := staticCreds(t, b, s)
+	out, err := b.verify(context.Background(), s, &verifyInput{APIKey: k2, RequiredScopes: []string{"read"}}, time.Now())
+	if err != nil || out.Code != codeValid {
+		t.Fatalf("key after rotation: %v %+v", err, out)
+	}
+	want := map[string]string{"team": "payments", "tier": "silver", "owner": "ops"}
+	if got := out.Key.profile.metadata; !maps.Equal(got, want) {
+		t.Fatalf("metadata after rotation without the role: %v, want %v", got, want)
+	}
+	if c := b.code(t, s, verifyInput{APIKey: k2, RequiredScopes: []string{"write"}}, time.Now()); c != codeInsufficientScope {
+		t.Fatalf("scope the role never had: %s", c)
 	}
 }
 
