@@ -68,7 +68,7 @@ func tenantFields() map[string]*framework.FieldSchema {
 		},
 		"allowed_environments": {
 			Type:        framework.TypeCommaStringSlice,
-			Description: "Environment tags the tenant's roles may use (1-10 lower-case letters or digits each).",
+			Description: "Environment tags the tenant's roles may use (1-10 lower-case letters or digits each, starting with a letter).",
 			Default:     defaultEnvironments,
 		},
 		"max_keys": {

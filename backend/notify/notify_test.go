@@ -68,6 +68,20 @@ func TestBackoffDoublesWithJitterUpToTheCap(t *testing.T) {
 	}
 }
 
+// The default policy's retry span is what docs/monitoring.md promises:
+// eleven waits between twelve attempts, 2 222 s nominal, at least half that.
+func TestDefaultPolicyRetrySpan(t *testing.T) {
+	p := DefaultPolicy()
+	var lo, hi time.Duration
+	for failures := 1; failures < p.MaxAttempts; failures++ {
+		lo += Backoff(p, failures, func() float64 { return 0 })
+		hi += Backoff(p, failures, func() float64 { return 1 })
+	}
+	if hi != 2222*time.Second || lo != 1111*time.Second {
+		t.Fatalf("retry span %s-%s, want 1111s-2222s (19-37 minutes)", lo, hi)
+	}
+}
+
 func TestStableIDIsDeterministicAndUnambiguous(t *testing.T) {
 	a, b := StableID("key-revoked", "acme", "k1"), StableID("key-revoked", "acme", "k1")
 	if a != b || len(a) != 36 {

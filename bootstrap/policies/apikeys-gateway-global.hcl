@@ -1,5 +1,6 @@
 # apikeys-gateway-global: a shared gateway in front of every tenant checks
-# any key and reports the traffic it served, and can do nothing else.
+# any key and reports the traffic it served; an edge verifier also loads the
+# keys it checks from the sync feed. Nothing else.
 #
 # Kept apart from apikeys-gateway on purpose: one policy granting both the
 # global and the tenant path would let every tenant's gateway verify (and so
