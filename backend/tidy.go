@@ -211,31 +211,8 @@ func (b *backend) runTidy(ctx context.Context, s logical.Storage, buffer time.Du
 			if err := pause(); err != nil {
 				return err
 			}
-			p, err := readKeyPointer(ctx, s, tenant, id)
-			if err != nil {
+			if err := b.tidyIndexEntry(ctx, s, tenant, id, now().Add(-buffer), indexed); err != nil {
 				return err
-			}
-			b.tidyCount(func(st *tidyStatus) { st.KeysChecked++ })
-			if p == nil {
-				continue
-			}
-			rec, err := readKeyRecord(ctx, s, p.Hash)
-			if err != nil {
-				return err
-			}
-			switch {
-			case rec == nil:
-				if err := s.Delete(ctx, keyIndexPrefix(tenant)+id); err != nil {
-					return fmt.Errorf("delete orphaned index entry: %w", err)
-				}
-				b.tidyCount(func(st *tidyStatus) { st.OrphansRemoved++ })
-			case !rec.ExpiresAt.IsZero() && now().After(rec.ExpiresAt.Add(buffer)) && !b.isStaticCurrent(ctx, s, rec):
-				if err := b.revokeKeyByHash(ctx, s, tenant, id, p.Hash); err != nil {
-					return err
-				}
-				b.tidyCount(func(st *tidyStatus) { st.ExpiredRemoved++ })
-			default:
-				indexed[p.Hash] = true
 			}
 		}
 	}
@@ -250,23 +227,72 @@ func (b *backend) runTidy(ctx context.Context, s logical.Storage, buffer time.Du
 		if err := pause(); err != nil {
 			return err
 		}
-		// Look again under the lock: the key may have been issued since the
-		// index walk (record written after its index entry).
-		rec, err := readKeyRecord(ctx, s, h)
-		if err != nil {
+		if err := b.tidyRecord(ctx, s, h); err != nil {
 			return err
 		}
-		if rec == nil {
-			continue
-		}
-		if p, err := readKeyPointer(ctx, s, rec.Tenant, rec.KeyID); err != nil || p != nil {
-			continue
-		}
-		if err := b.revokeKeyByHash(ctx, s, rec.Tenant, rec.KeyID, h); err != nil {
-			return err
+	}
+	return nil
+}
+
+// tidyIndexEntry removes one index entry of a tenant when its record is
+// gone, or revokes its key when it expired before cutoff; it marks live
+// keys in indexed. It holds the tenant's lock, as issue and rotation do
+// while they write a key's index entry and then its record: without it a
+// key being issued would look orphaned and lose its index entry.
+func (b *backend) tidyIndexEntry(ctx context.Context, s logical.Storage, tenant, id string, cutoff time.Time, indexed map[string]bool) error {
+	lock := b.tenantLock(tenant)
+	lock.Lock()
+	defer lock.Unlock()
+	p, err := readKeyPointer(ctx, s, tenant, id)
+	if err != nil {
+		return err
+	}
+	b.tidyCount(func(st *tidyStatus) { st.KeysChecked++ })
+	if p == nil {
+		return nil
+	}
+	rec, err := readKeyRecord(ctx, s, p.Hash)
+	if err != nil {
+		return err
+	}
+	switch {
+	case rec == nil:
+		if err := s.Delete(ctx, keyIndexPrefix(tenant)+id); err != nil {
+			return fmt.Errorf("delete orphaned index entry: %w", err)
 		}
 		b.tidyCount(func(st *tidyStatus) { st.OrphansRemoved++ })
+	case !rec.ExpiresAt.IsZero() && cutoff.After(rec.ExpiresAt) && !b.isStaticCurrent(ctx, s, rec):
+		if err := b.revokeKeyByHash(ctx, s, tenant, id, p.Hash); err != nil {
+			return err
+		}
+		b.tidyCount(func(st *tidyStatus) { st.ExpiredRemoved++ })
+	default:
+		indexed[p.Hash] = true
 	}
+	return nil
+}
+
+// tidyRecord revokes a key record that no index entry points at, looking
+// again under its tenant's lock: the key may have been issued since the
+// index walk.
+func (b *backend) tidyRecord(ctx context.Context, s logical.Storage, h string) error {
+	rec, err := readKeyRecord(ctx, s, h)
+	if err != nil || rec == nil {
+		return err
+	}
+	lock := b.tenantLock(rec.Tenant)
+	lock.Lock()
+	defer lock.Unlock()
+	if rec, err = readKeyRecord(ctx, s, h); err != nil || rec == nil {
+		return err
+	}
+	if p, err := readKeyPointer(ctx, s, rec.Tenant, rec.KeyID); err != nil || p != nil {
+		return err
+	}
+	if err := b.revokeKeyByHash(ctx, s, rec.Tenant, rec.KeyID, h); err != nil {
+		return err
+	}
+	b.tidyCount(func(st *tidyStatus) { st.OrphansRemoved++ })
 	return nil
 }
 

@@ -3,6 +3,8 @@ package backend
 import (
 	"context"
 	"encoding/hex"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,5 +123,58 @@ func TestTidyRunsInBackgroundAndReports(t *testing.T) {
 	resp, _ = b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "tidy", Storage: s, Data: map[string]interface{}{"batch_size": 0}})
 	if resp == nil || !resp.IsError() {
 		t.Fatalf("batch_size=0 accepted: %v", resp)
+	}
+}
+
+// pausingStorage holds the first write of a key record (after its index
+// entry is written) until release is closed: an issue caught between its
+// two writes.
+type pausingStorage struct {
+	logical.Storage
+	once             sync.Once
+	reached, release chan struct{}
+}
+
+func (s *pausingStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if strings.HasPrefix(e.Key, hashPrefix) {
+		s.once.Do(func() {
+			close(s.reached)
+			<-s.release
+		})
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+// A tidy that runs while a key is being issued must not take the key's
+// index entry for an orphan: the key would be handed out, then revoked by
+// the next tidy as a record no index entry points at.
+func TestTidyLeavesAKeyBeingIssuedAlone(t *testing.T) {
+	b, s := newTestBackend(t)
+	setupAcme(t, b, s)
+	ps := &pausingStorage{Storage: s, reached: make(chan struct{}), release: make(chan struct{})}
+	issued := make(chan string)
+	go func() {
+		resp := b.do(t, ps, logical.ReadOperation, "tenants/acme/creds/web", nil)
+		issued <- resp.Data["api_key"].(string)
+	}()
+	<-ps.reached
+	tidied := make(chan error)
+	go func() { tidied <- b.runTidy(context.Background(), s, 0, 100, time.Now) }()
+	// Give a tidy that does not wait for the issue ample time to finish.
+	select {
+	case err := <-tidied:
+		t.Fatalf("tidy finished while a key was half issued (err %v): it did not wait for the tenant's writes", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(ps.release)
+	key := <-issued
+	if err := <-tidied; err != nil {
+		t.Fatal(err)
+	}
+	if err := b.runTidy(context.Background(), s, 0, 100, time.Now); err != nil {
+		t.Fatal(err)
+	}
+	if c := b.code(t, s, verifyInput{APIKey: key}, time.Now()); c != codeValid {
+		t.Fatalf("key issued during a tidy, after the next tidy: %s", c)
 	}
 }
