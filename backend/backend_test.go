@@ -26,6 +26,8 @@ type countingStorage struct {
 	failAt, writeN int
 	// failOnce fails only the failAt-th write: a storage hiccup, not a crash.
 	failOnce bool
+	// failList makes List fail for prefixes starting with it.
+	failList string
 }
 
 // failWrite counts a write and says whether it must fail. Caller holds mu.
@@ -70,7 +72,11 @@ func (s *countingStorage) Delete(ctx context.Context, k string) error {
 func (s *countingStorage) List(ctx context.Context, p string) ([]string, error) {
 	s.mu.Lock()
 	s.lists++
+	fail := s.failList != "" && strings.HasPrefix(p, s.failList)
 	s.mu.Unlock()
+	if fail {
+		return nil, errInjected
+	}
 	return s.Storage.List(ctx, p)
 }
 

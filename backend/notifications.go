@@ -62,11 +62,16 @@ func newMonitoring(b *backend) *monitoring {
 
 // initializeAll is the backend's InitializeFunc: the rotation engine's
 // start, then monitoring's.
+//
+// Monitoring starts even when static key rotation could not (a storage
+// error while it recovers or loads its queue): delivery and key scans do
+// not depend on it. Vault logs the returned error.
 func (b *backend) initializeAll(ctx context.Context, req *logical.InitializationRequest) error {
-	if err := b.initialize(ctx, req); err != nil {
-		return err
+	rotErr := b.initialize(ctx, req)
+	if rotErr != nil {
+		rotErr = fmt.Errorf("static key rotation not started: %w", rotErr)
 	}
-	return b.startMonitoring(ctx, req.Storage)
+	return errors.Join(rotErr, b.startMonitoring(ctx, req.Storage))
 }
 
 // startMonitoring loads the monitoring settings everywhere, and where

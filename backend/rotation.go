@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -105,8 +106,13 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	r.cancel, r.done = cancel, make(chan struct{})
 	r.mu.Unlock()
 	if err := b.loadRotationQueue(ctx, s); err != nil {
-		r.stop()
-		return err
+		// No runRotations goroutine yet to close done: stop would wait
+		// for it forever.
+		r.mu.Lock()
+		r.cancel, r.done, r.q = nil, nil, queue.New()
+		r.mu.Unlock()
+		cancel()
+		return fmt.Errorf("load the rotation queue: %w", err)
 	}
 	go b.runRotations(runCtx, s, r.done)
 	return nil

@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"net/http"
 	"strings"
@@ -261,5 +262,44 @@ func TestPeriodicRotationDoesNotDrift(t *testing.T) {
 	}
 	if !e.NextRotation.Equal(late.Add(10 * time.Second)) {
 		t.Fatalf("after downtime: next rotation %s, want %s", e.NextRotation, late.Add(10*time.Second))
+	}
+}
+
+// A storage error while the rotation queue loads fails Initialize at once
+// (it hung, waiting for a rotation loop that never started), monitoring
+// starts regardless, and a later Initialize starts rotation.
+func TestInitializeSurvivesAQueueLoadFailure(t *testing.T) {
+	b, s := newTestBackend(t)
+	createStatic(t, b, s, map[string]interface{}{"role": "web", "rotation_period": "1h"})
+	s.failList = staticPrefix
+	done := make(chan error, 1)
+	go func() { done <- b.Initialize(context.Background(), &logical.InitializationRequest{Storage: s}) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, errInjected) {
+			t.Fatalf("initialize with the queue unreadable: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("initialize hung after the rotation queue failed to load")
+	}
+	b.monMu.Lock()
+	monitoring := b.scanCancel != nil
+	b.monMu.Unlock()
+	if !monitoring {
+		t.Fatal("monitoring did not start because rotation could not")
+	}
+	b.Clean(context.Background())
+
+	s.failList = ""
+	b2, _ := newTestBackendOn(t, s)
+	if err := b2.Initialize(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Clean(context.Background())
+	b2.rotations.mu.Lock()
+	queued := b2.rotations.q.Len()
+	b2.rotations.mu.Unlock()
+	if queued != 1 {
+		t.Fatalf("rotation queue after a clean initialize: %d items, want 1", queued)
 	}
 }
