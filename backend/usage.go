@@ -135,17 +135,28 @@ type keyUsage struct {
 }
 
 // record is base plus this node's counters. Caller holds mu.
-func (k *keyUsage) record() keyUsageRecord {
+func (k *keyUsage) record() keyUsageRecord { return k.recordOf(k.counts()) }
+
+// keyCounts is one reading of a key's counters since its base.
+type keyCounts struct{ verifies, requests, errors, latencyMicro uint64 }
+
+func (k *keyUsage) counts() keyCounts {
+	return keyCounts{k.verifies.Load(), k.requests.Load(), k.errors.Load(), k.latencyMicro.Load()}
+}
+
+// recordOf is the base plus counts c, which the caller read once: a caller
+// that rebases on what it wrote must subtract the very counts it added.
+func (k *keyUsage) recordOf(c keyCounts) keyUsageRecord {
 	r := k.base
-	r.VerifyCount += k.verifies.Load()
+	r.VerifyCount += c.verifies
 	if n := k.lastUsed.Load(); n != 0 {
 		if t := time.Unix(0, n).UTC(); t.After(r.LastUsedAt) {
 			r.LastUsedAt = t
 		}
 	}
-	r.Requests += k.requests.Load()
-	r.Errors += k.errors.Load()
-	r.LatencyMicro += k.latencyMicro.Load()
+	r.Requests += c.requests
+	r.Errors += c.errors
+	r.LatencyMicro += c.latencyMicro
 	r.LatencyMax = max(r.LatencyMax, k.latencyMax.Load())
 	return r
 }
@@ -599,20 +610,22 @@ func (u *usageTracker) updateKeyUsage(ctx context.Context, s logical.Storage, te
 		if err := u.loadKeyBase(ctx, s, id, k); err != nil {
 			return false, err
 		}
-		rec := k.record()
+		c := k.counts()
+		rec := k.recordOf(c)
 		if !change(&rec) {
 			return false, nil
 		}
 		if err := putJSON(ctx, s, usageKeyPath(tenant, id), rec); err != nil {
 			return false, err
 		}
-		// What was written becomes the base; the counters restart from the
-		// same totals, so nothing is counted twice.
+		// What was written becomes the base, less the counts it holds:
+		// the counters keep running, so verifies counted during the write
+		// stay counted, and nothing is counted twice.
 		k.base = rec
-		k.base.VerifyCount -= k.verifies.Load()
-		k.base.Requests -= k.requests.Load()
-		k.base.Errors -= k.errors.Load()
-		k.base.LatencyMicro -= k.latencyMicro.Load()
+		k.base.VerifyCount -= c.verifies
+		k.base.Requests -= c.requests
+		k.base.Errors -= c.errors
+		k.base.LatencyMicro -= c.latencyMicro
 		k.gone = !rec.RevokedAt.IsZero()
 		return true, nil
 	}

@@ -394,3 +394,49 @@ func TestMonitoringConfigValidation(t *testing.T) {
 		t.Fatal("a write must apply to the dispatcher at once")
 	}
 }
+
+// hookStorage runs onPut before each write whose key has prefix.
+type hookStorage struct {
+	logical.Storage
+	prefix string
+	onPut  func()
+}
+
+func (s *hookStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if strings.HasPrefix(e.Key, s.prefix) && s.onPut != nil {
+		s.onPut()
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+// Verifies counted while a key's usage record is being rewritten (here by
+// the expiry warning) stay counted.
+func TestUsageCountsDuringARecordWriteAreKept(t *testing.T) {
+	b, s := newTestBackend(t)
+	key, id, _ := setupAcme(t, b, s)
+	for range 10 {
+		if c := verifyReq(t, b, s, map[string]interface{}{"api_key": key}); c != codeValid {
+			t.Fatal(c)
+		}
+	}
+	e, err := readTenantKey(context.Background(), s, "acme", id)
+	if err != nil || e == nil {
+		t.Fatalf("key record: %v %v", e, err)
+	}
+	hs := &hookStorage{Storage: s, prefix: usageKeyPath("acme", id)}
+	hs.onPut = func() {
+		hs.onPut = nil // once
+		for range 5 {
+			if c := verifyReq(t, b, s, map[string]interface{}{"api_key": key}); c != codeValid {
+				t.Error(c)
+			}
+		}
+	}
+	if err := b.warnExpiring(context.Background(), hs, e, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	kr := b.do(t, s, logical.ReadOperation, "tenants/acme/keys/"+id, nil)
+	if kr.Data["verify_count"] != uint64(15) {
+		t.Fatalf("verify_count %v, want 15: verifies counted during the write were lost", kr.Data["verify_count"])
+	}
+}
