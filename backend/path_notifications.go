@@ -197,7 +197,11 @@ func (b *backend) forgetTargets() {
 }
 
 func (b *backend) targetExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	t, err := readTarget(ctx, req.Storage, d.Get("name").(string))
+	name := d.Get("name").(string)
+	if validateName("target", name) != nil {
+		return false, nil
+	}
+	t, err := readTarget(ctx, req.Storage, name)
 	if err != nil {
 		return false, err
 	}

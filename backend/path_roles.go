@@ -140,7 +140,11 @@ func tenantAndName(d *framework.FieldData, field string) (string, string, *logic
 }
 
 func (b *backend) roleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	r, err := readRole(ctx, req.Storage, d.Get("tenant").(string), d.Get("role").(string))
+	tenant, name, bad := tenantAndName(d, "role")
+	if bad != nil {
+		return false, nil
+	}
+	r, err := readRole(ctx, req.Storage, tenant, name)
 	if err != nil {
 		return false, err
 	}

@@ -117,7 +117,11 @@ func (b *backend) pathStaticKeys() []*framework.Path {
 }
 
 func (b *backend) staticKeyExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	e, err := readStaticKey(ctx, req.Storage, d.Get("tenant").(string), d.Get("name").(string))
+	tenant, name, bad := tenantAndName(d, "name")
+	if bad != nil {
+		return false, nil
+	}
+	e, err := readStaticKey(ctx, req.Storage, tenant, name)
 	if err != nil {
 		return false, err
 	}

@@ -149,8 +149,16 @@ func (b *backend) lockTenant(ctx context.Context, s logical.Storage, name string
 	return t, lock.Unlock, nil, nil
 }
 
+// tenantExists and the other existence checks answer false for a name the
+// handler will refuse: Vault runs them before the handler, and a name such
+// as "a..b" reaching storage is a 500 ("relative paths not supported")
+// instead of the handler's 400.
 func (b *backend) tenantExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	t, err := readTenant(ctx, req.Storage, d.Get("tenant").(string))
+	name := d.Get("tenant").(string)
+	if validateName("tenant", name) != nil {
+		return false, nil
+	}
+	t, err := readTenant(ctx, req.Storage, name)
 	if err != nil {
 		return false, err
 	}
