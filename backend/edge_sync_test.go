@@ -193,3 +193,33 @@ func TestEdgeFeedLongPoll(t *testing.T) {
 		t.Fatalf("unbounded wait accepted: %v", resp)
 	}
 }
+
+// A revoke or a suspension whose edge feed entry failed is told to the
+// edges when the caller retries: the first try may already have changed
+// storage, and the retry must not find "nothing to do".
+func TestEdgeFeedGetsRetriedRevokeAndSuspension(t *testing.T) {
+	b, s := newTestBackend(t)
+	_, id, _ := setupAcme(t, b, s)
+	_, seq := b.changes(t, s, 0)
+
+	s.failPut = feedPrefix
+	if resp, err := request(b, s, logical.DeleteOperation, "tenants/acme/keys/"+id, nil); err == nil && (resp == nil || !resp.IsError()) {
+		t.Fatal("revoke succeeded although the edge feed could not be written")
+	}
+	if resp, err := request(b, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "suspended"}); err == nil && (resp == nil || !resp.IsError()) {
+		t.Fatal("suspension succeeded although the edge feed could not be written")
+	}
+	s.failPut = ""
+	b.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+id, nil)
+	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "suspended"})
+
+	c, _ := b.changes(t, s, seq)
+	var deleted, suspended bool
+	for _, ch := range c {
+		deleted = deleted || (ch.Op == changeDelete && ch.KeyID == id)
+		suspended = suspended || (ch.Op == changeTenant && ch.Tenant == "acme" && ch.TenantStatus == tenantSuspended)
+	}
+	if !deleted || !suspended {
+		t.Fatalf("after the retries the edges heard: revoke %v, suspension %v (%+v)", deleted, suspended, c)
+	}
+}

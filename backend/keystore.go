@@ -244,6 +244,13 @@ func (b *backend) revokeKey(ctx context.Context, s logical.Storage, tenant, id s
 // revokeKeyByHash needs nothing but what a lease carries, so a lease revokes
 // its key even after the key's role or tenant was deleted.
 func (b *backend) revokeKeyByHash(ctx context.Context, s logical.Storage, tenant, id, hashHex string) error {
+	// Edges hear of the revoke first. If that fails, nothing is deleted
+	// yet and a retry (Vault's, for a lease, or the caller's) starts over;
+	// told last, a failure left the key deleted here, and the retry found
+	// no index entry and had nothing left to tell them.
+	if err := b.edgeKeyDeleted(ctx, s, tenant, id); err != nil {
+		return fmt.Errorf("record revocation of key %q for edges: %w", id, err)
+	}
 	lock := b.hashLock(hashHex)
 	lock.Lock()
 	err := s.Delete(ctx, hashPrefix+hashHex)
@@ -264,9 +271,5 @@ func (b *backend) revokeKeyByHash(ctx context.Context, s logical.Storage, tenant
 	}
 	b.limiter.forget(id)
 	b.keyRevoked(ctx, s, tenant, id)
-	// Failing the revoke makes Vault retry it, so no edge keeps the key.
-	if err := b.edgeKeyDeleted(ctx, s, tenant, id); err != nil {
-		return fmt.Errorf("record revocation of key %q for edges: %w", id, err)
-	}
 	return nil
 }

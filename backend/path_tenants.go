@@ -289,7 +289,9 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	// while still holding the tenant lock so no fill can race it.
 	b.cache.deleteTenant(name)
 	b.tenantWritten(ctx, req.Storage, t)
-	if t.Status != oldStatus {
+	// Also when the request repeats the stored status: it may be the retry
+	// of a write whose record landed but whose feed entry did not.
+	if _, set := d.GetOk("status"); set || t.Status != oldStatus {
 		if err := b.edgeTenantStatus(ctx, req.Storage, name, t.Status); err != nil {
 			return nil, err
 		}
