@@ -40,7 +40,7 @@ func (b *backend) pathCreds() []*framework.Path {
 			},
 			"scopes": {
 				Type:        framework.TypeCommaStringSlice,
-				Description: "Narrower scopes for this key: a subset of the role's. Empty gives the role's scopes.",
+				Description: "Narrower scopes for this key: a subset of the role's. Left out, the key gets the role's scopes; an empty value gives it none.",
 			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
