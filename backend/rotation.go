@@ -30,10 +30,12 @@ type rotationEngine struct {
 	cancel   context.CancelFunc
 	done     chan struct{}
 	tick     time.Duration
+	// startRetry is the first wait before initialize tries again.
+	startRetry time.Duration
 }
 
 func newRotationEngine() *rotationEngine {
-	return &rotationEngine{q: queue.New(), failures: map[string]int{}, tick: defaultRotationTick}
+	return &rotationEngine{q: queue.New(), failures: map[string]int{}, tick: defaultRotationTick, startRetry: minRetryBackoff}
 }
 
 func queueKey(tenant, name string) string { return tenant + "/" + name }
@@ -90,31 +92,57 @@ func (r *rotationEngine) stop() {
 
 // initialize runs on the active node once storage is writable: it finishes
 // or undoes rotations a crash interrupted, fills the queue from storage and
-// starts the ticker.
+// starts the ticker. When storage fails on the way it returns the error
+// (Vault logs it) and keeps trying in the background, backing off up to
+// maxRetryBackoff, until it succeeds or the backend is cleaned up: Vault
+// calls Initialize once per term as active node.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
 	if !b.WriteSafeReplicationState() {
 		b.Logger().Info("storage is not writable here: static key rotation runs elsewhere")
 		return nil
 	}
 	s := req.Storage
+	r := b.rotations
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	r.mu.Lock()
+	r.cancel, r.done = cancel, done
+	r.mu.Unlock()
+	err := b.prepareRotations(ctx, s)
+	if err == nil {
+		go b.runRotations(runCtx, s, done)
+		return nil
+	}
+	go func() {
+		wait := r.startRetry
+		for {
+			select {
+			case <-runCtx.Done():
+				close(done)
+				return
+			case <-time.After(wait):
+			}
+			err := b.prepareRotations(runCtx, s)
+			if err == nil {
+				b.Logger().Info("static key rotation started after earlier failures")
+				b.runRotations(runCtx, s, done)
+				return
+			}
+			wait = min(2*wait, maxRetryBackoff)
+			b.Logger().Warn("static key rotation still not started; will retry", "in", wait, "error", err)
+		}
+	}()
+	return err
+}
+
+// prepareRotations recovers interrupted rotations and fills the queue.
+func (b *backend) prepareRotations(ctx context.Context, s logical.Storage) error {
 	if err := b.recoverRotations(ctx, s); err != nil {
 		return err
 	}
-	r := b.rotations
-	runCtx, cancel := context.WithCancel(context.Background())
-	r.mu.Lock()
-	r.cancel, r.done = cancel, make(chan struct{})
-	r.mu.Unlock()
 	if err := b.loadRotationQueue(ctx, s); err != nil {
-		// No runRotations goroutine yet to close done: stop would wait
-		// for it forever.
-		r.mu.Lock()
-		r.cancel, r.done, r.q = nil, nil, queue.New()
-		r.mu.Unlock()
-		cancel()
 		return fmt.Errorf("load the rotation queue: %w", err)
 	}
-	go b.runRotations(runCtx, s, r.done)
 	return nil
 }
 

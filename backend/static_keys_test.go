@@ -267,11 +267,14 @@ func TestPeriodicRotationDoesNotDrift(t *testing.T) {
 
 // A storage error while the rotation queue loads fails Initialize at once
 // (it hung, waiting for a rotation loop that never started), monitoring
-// starts regardless, and a later Initialize starts rotation.
+// starts regardless, and rotation starts by itself once storage recovers.
 func TestInitializeSurvivesAQueueLoadFailure(t *testing.T) {
 	b, s := newTestBackend(t)
 	createStatic(t, b, s, map[string]interface{}{"role": "web", "rotation_period": "1h"})
+	b.rotations.startRetry = 10 * time.Millisecond
+	s.mu.Lock()
 	s.failList = staticPrefix
+	s.mu.Unlock()
 	done := make(chan error, 1)
 	go func() { done <- b.Initialize(context.Background(), &logical.InitializationRequest{Storage: s}) }()
 	select {
@@ -288,18 +291,24 @@ func TestInitializeSurvivesAQueueLoadFailure(t *testing.T) {
 	if !monitoring {
 		t.Fatal("monitoring did not start because rotation could not")
 	}
-	b.Clean(context.Background())
 
+	s.mu.Lock()
 	s.failList = ""
-	b2, _ := newTestBackendOn(t, s)
-	if err := b2.Initialize(context.Background(), &logical.InitializationRequest{Storage: s}); err != nil {
-		t.Fatal(err)
+	s.mu.Unlock()
+	queued := 0
+	for deadline := time.Now().Add(10 * time.Second); queued != 1 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b.rotations.mu.Lock()
+		queued = b.rotations.q.Len()
+		b.rotations.mu.Unlock()
 	}
-	defer b2.Clean(context.Background())
-	b2.rotations.mu.Lock()
-	queued := b2.rotations.q.Len()
-	b2.rotations.mu.Unlock()
 	if queued != 1 {
-		t.Fatalf("rotation queue after a clean initialize: %d items, want 1", queued)
+		t.Fatalf("rotation queue after storage recovered: %d items, want 1", queued)
+	}
+	cleaned := make(chan struct{})
+	go func() { b.Clean(context.Background()); close(cleaned) }()
+	select {
+	case <-cleaned:
+	case <-time.After(10 * time.Second):
+		t.Fatal("cleanup hung")
 	}
 }
