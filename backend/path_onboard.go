@@ -58,11 +58,15 @@ func (b *backend) pathOnboardWrite(ctx context.Context, req *logical.Request, d 
 	created := map[string]interface{}{}
 	var names []string
 	rollback := func() {
+		// Not the request's context: a request cancelled or timed out is
+		// exactly when the keys created so far must still go.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
 		for _, n := range names {
 			lock := b.tenantLock(tenant)
 			lock.Lock()
-			if e, err := readStaticKey(ctx, req.Storage, tenant, n); err == nil && e != nil {
-				if err := b.deleteStaticKey(ctx, req.Storage, e); err != nil {
+			if e, err := readStaticKey(rctx, req.Storage, tenant, n); err == nil && e != nil {
+				if err := b.deleteStaticKey(rctx, req.Storage, e); err != nil {
 					b.Logger().Error("could not undo onboarding", "tenant", tenant, "static_key", n, "error", err)
 				}
 			}
