@@ -80,6 +80,41 @@ func (s *countingStorage) List(ctx context.Context, p string) ([]string, error) 
 	return s.Storage.List(ctx, p)
 }
 
+// hookStorage runs a hook before each Get, Put or Delete; a hook's error
+// fails the call. Tests use it to stop a write half way, to fail a call the
+// way Vault's storage would, or to act in the middle of a request.
+type hookStorage struct {
+	logical.Storage
+	beforeGet, beforePut, beforeDelete func(ctx context.Context, key string) error
+}
+
+func (s *hookStorage) Get(ctx context.Context, k string) (*logical.StorageEntry, error) {
+	if s.beforeGet != nil {
+		if err := s.beforeGet(ctx, k); err != nil {
+			return nil, err
+		}
+	}
+	return s.Storage.Get(ctx, k)
+}
+
+func (s *hookStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if s.beforePut != nil {
+		if err := s.beforePut(ctx, e.Key); err != nil {
+			return err
+		}
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+func (s *hookStorage) Delete(ctx context.Context, k string) error {
+	if s.beforeDelete != nil {
+		if err := s.beforeDelete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return s.Storage.Delete(ctx, k)
+}
+
 func (s *countingStorage) reset() {
 	s.mu.Lock()
 	s.gets, s.puts, s.dels, s.lists = 0, 0, 0, 0

@@ -8,31 +8,6 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// ctxStorage refuses calls on a done context, as Vault's storage over gRPC
-// does, and cancels the request's context at the first read of onKey.
-type ctxStorage struct {
-	logical.Storage
-	onKey  string
-	cancel context.CancelFunc
-}
-
-func (s *ctxStorage) Get(ctx context.Context, k string) (*logical.StorageEntry, error) {
-	if k == s.onKey {
-		s.cancel()
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	return s.Storage.Get(ctx, k)
-}
-
-func (s *ctxStorage) Delete(ctx context.Context, k string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return s.Storage.Delete(ctx, k)
-}
-
 // An onboarding that fails part way removes the static keys it created,
 // even when the request's context ends at that moment.
 func TestOnboardingRollsBackAfterTheRequestEnds(t *testing.T) {
@@ -41,7 +16,14 @@ func TestOnboardingRollsBackAfterTheRequestEnds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// The second environment's name check is where the request "times out".
-	cs := &ctxStorage{Storage: s, onKey: staticKeyPrefix("acme") + "web-test", cancel: cancel}
+	// Like Vault's storage over gRPC, refuse calls on a done context.
+	refuseDone := func(ctx context.Context, _ string) error { return ctx.Err() }
+	cs := &hookStorage{Storage: s, beforeDelete: refuseDone, beforeGet: func(ctx context.Context, k string) error {
+		if k == staticKeyPrefix("acme")+"web-test" {
+			cancel()
+		}
+		return ctx.Err()
+	}}
 	_, err := b.HandleRequest(ctx, &logical.Request{
 		Operation: logical.UpdateOperation, Path: "tenants/acme/onboard", Storage: cs,
 		Data: map[string]interface{}{"role": "web", "environments": "live,test", "rotation_period": "1h"},

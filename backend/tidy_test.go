@@ -126,38 +126,31 @@ func TestTidyRunsInBackgroundAndReports(t *testing.T) {
 	}
 }
 
-// pausingStorage holds the first write of a key record (after its index
-// entry is written) until release is closed: an issue caught between its
-// two writes.
-type pausingStorage struct {
-	logical.Storage
-	once             sync.Once
-	reached, release chan struct{}
-}
-
-func (s *pausingStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
-	if strings.HasPrefix(e.Key, hashPrefix) {
-		s.once.Do(func() {
-			close(s.reached)
-			<-s.release
-		})
-	}
-	return s.Storage.Put(ctx, e)
-}
-
 // A tidy that runs while a key is being issued must not take the key's
 // index entry for an orphan: the key would be handed out, then revoked by
 // the next tidy as a record no index entry points at.
 func TestTidyLeavesAKeyBeingIssuedAlone(t *testing.T) {
 	b, s := newTestBackend(t)
 	setupAcme(t, b, s)
-	ps := &pausingStorage{Storage: s, reached: make(chan struct{}), release: make(chan struct{})}
+	// Hold the first key record write (its index entry is written by then)
+	// until release: an issue caught between its two writes.
+	reached, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	ps := &hookStorage{Storage: s, beforePut: func(_ context.Context, k string) error {
+		if strings.HasPrefix(k, hashPrefix) {
+			once.Do(func() {
+				close(reached)
+				<-release
+			})
+		}
+		return nil
+	}}
 	issued := make(chan string)
 	go func() {
 		resp := b.do(t, ps, logical.ReadOperation, "tenants/acme/creds/web", nil)
 		issued <- resp.Data["api_key"].(string)
 	}()
-	<-ps.reached
+	<-reached
 	tidied := make(chan error)
 	go func() { tidied <- b.runTidy(context.Background(), s, 0, 100, time.Now) }()
 	// Give a tidy that does not wait for the issue ample time to finish.
@@ -166,7 +159,7 @@ func TestTidyLeavesAKeyBeingIssuedAlone(t *testing.T) {
 		t.Fatalf("tidy finished while a key was half issued (err %v): it did not wait for the tenant's writes", err)
 	case <-time.After(200 * time.Millisecond):
 	}
-	close(ps.release)
+	close(release)
 	key := <-issued
 	if err := <-tidied; err != nil {
 		t.Fatal(err)

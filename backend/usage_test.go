@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -395,20 +396,6 @@ func TestMonitoringConfigValidation(t *testing.T) {
 	}
 }
 
-// hookStorage runs onPut before each write whose key has prefix.
-type hookStorage struct {
-	logical.Storage
-	prefix string
-	onPut  func()
-}
-
-func (s *hookStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
-	if strings.HasPrefix(e.Key, s.prefix) && s.onPut != nil {
-		s.onPut()
-	}
-	return s.Storage.Put(ctx, e)
-}
-
 // Verifies counted while a key's usage record is being rewritten (here by
 // the expiry warning) stay counted.
 func TestUsageCountsDuringARecordWriteAreKept(t *testing.T) {
@@ -423,15 +410,19 @@ func TestUsageCountsDuringARecordWriteAreKept(t *testing.T) {
 	if err != nil || e == nil {
 		t.Fatalf("key record: %v %v", e, err)
 	}
-	hs := &hookStorage{Storage: s, prefix: usageKeyPath("acme", id)}
-	hs.onPut = func() {
-		hs.onPut = nil // once
-		for range 5 {
-			if c := verifyReq(t, b, s, map[string]interface{}{"api_key": key}); c != codeValid {
-				t.Error(c)
-			}
+	var once sync.Once
+	hs := &hookStorage{Storage: s, beforePut: func(_ context.Context, k string) error {
+		if k == usageKeyPath("acme", id) {
+			once.Do(func() {
+				for range 5 {
+					if c := verifyReq(t, b, s, map[string]interface{}{"api_key": key}); c != codeValid {
+						t.Error(c)
+					}
+				}
+			})
 		}
-	}
+		return nil
+	}}
 	if err := b.warnExpiring(context.Background(), hs, e, time.Now()); err != nil {
 		t.Fatal(err)
 	}
