@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 func TestRollingBaselineAndOneFirePerWindow(t *testing.T) {
@@ -100,7 +101,7 @@ func TestFailureBurstRaisesOneAnomalyPerTenantAndIP(t *testing.T) {
 		"tenant_failure_threshold": 10, "ip_failure_threshold": 4, "anomaly_window": "1h",
 	})
 	// Rate limiting is no attack: it never counts.
-	b.recordVerify(&verifyInput{APIKey: key, Tenant: "acme"}, verifyOutcome{Code: codeRateLimited}, time.Now())
+	b.recordVerify(&contract.Request{APIKey: key, Tenant: "acme"}, verifyOutcome{Code: contract.CodeRateLimited}, time.Now())
 	for i := range 30 {
 		verifyReq(t, b, s, map[string]interface{}{"api_key": regenerate(t, key), "tenant": "acme", "client_ip": "198.51.100.9"})
 		_ = i
@@ -127,8 +128,8 @@ func TestKeySpikeAgainstItsOwnBaseline(t *testing.T) {
 	b, s := newTestBackend(t)
 	key, id, _ := setupAcme(t, b, s)
 	b.do(t, s, logical.UpdateOperation, "config/monitoring", map[string]interface{}{"key_spike_factor": 5, "key_spike_minimum": 20, "anomaly_window": "1h"})
-	out, err := b.verify(t.Context(), s, &verifyInput{APIKey: key}, time.Now())
-	if err != nil || out.Code != codeValid {
+	out, err := b.verify(t.Context(), s, &contract.Request{APIKey: key}, time.Now())
+	if err != nil || out.Code != contract.CodeValid {
 		t.Fatal(out.Code, err)
 	}
 	// Give the key a history of 4 quiet windows (about 4 verifies each),
@@ -141,7 +142,7 @@ func TestKeySpikeAgainstItsOwnBaseline(t *testing.T) {
 		}
 	}
 	for range 30 {
-		b.recordVerify(&verifyInput{APIKey: key}, out, time.Now())
+		b.recordVerify(&contract.Request{APIKey: key}, out, time.Now())
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for metricValue(t, b, s, "apikeys_verify_anomalies_total", map[string]string{"kind": anomalyKeySpike}) != 1 {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 // TestCacheStaysExactUnderConcurrentWrites runs verifies against revokes,
@@ -61,15 +62,15 @@ func TestCacheStaysExactUnderConcurrentWrites(t *testing.T) {
 				}
 				i := rng.IntN(n)
 				wasRevoked, wasExpired := revoked[i].Load(), expired[i].Load()
-				out, err := b.verify(ctx, s, &verifyInput{APIKey: keys[i]}, time.Now())
+				out, err := b.verify(ctx, s, &contract.Request{APIKey: keys[i]}, time.Now())
 				switch {
 				case err != nil:
 					fail("key %d: %v", i, err)
-				case wasRevoked && out.Code != codeNotFound:
+				case wasRevoked && out.Code != contract.CodeNotFound:
 					fail("key %d verified %s after its revoke returned", i, out.Code)
-				case wasExpired && out.Code != codeExpired:
+				case wasExpired && out.Code != contract.CodeExpired:
 					fail("key %d verified %s after its expiry was written", i, out.Code)
-				case i >= n/2 && out.Code != codeValid:
+				case i >= n/2 && out.Code != contract.CodeValid:
 					fail("untouched key %d verified %s", i, out.Code)
 				}
 			}

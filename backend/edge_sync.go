@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
@@ -40,36 +41,13 @@ const (
 	maxFeedBatch         = 1000
 	defaultSnapshotLimit = 500
 	maxSnapshotLimit     = 5000
-
-	changeUpsert = "upsert"
-	changeDelete = "delete"
-	changeTenant = "tenant"
-
-	tenantDeleted = "deleted"
 )
 
 func feedEntryKey(seq uint64) string { return fmt.Sprintf("%s%020d", feedPrefix, seq) }
 
-// edgeKey is everything verification needs about one key, and nothing that
-// would let its holder find or forge a key.
-type edgeKey struct {
-	EdgeHash        string            `json:"edge_hash"`
-	KeyID           string            `json:"key_id"`
-	Tenant          string            `json:"tenant"`
-	Role            string            `json:"role"`
-	Kind            string            `json:"kind"`
-	Environment     string            `json:"environment"`
-	Scopes          []string          `json:"scopes"`
-	AllowedCIDRs    []string          `json:"allowed_cidrs"`
-	RateLimit       int               `json:"rate_limit"`
-	RateLimitPeriod int64             `json:"rate_limit_period"` // seconds
-	Metadata        map[string]string `json:"metadata"`
-	ExpiresAt       string            `json:"expires_at,omitempty"` // RFC 3339, empty: never
-	InGrace         bool              `json:"in_grace"`
-}
-
-func newEdgeKey(e *keyEntry) *edgeKey {
-	k := &edgeKey{
+// wireKeyOf is a key record as the sync feed sends it.
+func wireKeyOf(e *keyEntry) *contract.WireKey {
+	k := &contract.WireKey{
 		EdgeHash: e.EdgeHash, KeyID: e.KeyID, Tenant: e.Tenant, Role: e.Role, Kind: e.Kind,
 		Environment: e.Environment, Scopes: nonNilSlice(e.Scopes), AllowedCIDRs: nonNilSlice(e.AllowedCIDRs),
 		RateLimit: e.RateLimit, RateLimitPeriod: int64(e.RateLimitPeriod / time.Second),
@@ -79,19 +57,6 @@ func newEdgeKey(e *keyEntry) *edgeKey {
 		k.ExpiresAt = e.ExpiresAt.UTC().Format(time.RFC3339Nano)
 	}
 	return k
-}
-
-// feedChange is one write that matters to an edge. Deletes name the key id
-// only: revoke paths do not read the record first, and an edge maps ids to
-// its hashes itself.
-type feedChange struct {
-	Seq          uint64    `json:"seq"`
-	Op           string    `json:"op"`
-	Key          *edgeKey  `json:"key,omitempty"`
-	KeyID        string    `json:"key_id,omitempty"`
-	Tenant       string    `json:"tenant,omitempty"`
-	TenantStatus string    `json:"tenant_status,omitempty"`
-	At           time.Time `json:"at"`
 }
 
 // feedHead is a single entry so that appending is two puts and reading the
@@ -174,7 +139,7 @@ func (f *edgeFeed) readHead(ctx context.Context, s logical.Storage) (feedHead, e
 // appendChange gives c the next sequence number and stores it. The change
 // entry goes first and the head second, so a reader never sees a head that
 // points at a missing entry.
-func (f *edgeFeed) appendChange(ctx context.Context, s logical.Storage, c *feedChange) error {
+func (f *edgeFeed) appendChange(ctx context.Context, s logical.Storage, c *contract.Change) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	h, err := f.loadHeadLocked(ctx, s)
@@ -251,7 +216,7 @@ func (f *edgeFeed) compact(ctx context.Context, s logical.Storage, keep uint64) 
 // changesSince returns up to limit changes after since. ok=false means the
 // changes right after since were compacted away (or since is from another
 // feed): the caller must load a snapshot.
-func (f *edgeFeed) changesSince(ctx context.Context, s logical.Storage, since uint64, limit int) ([]*feedChange, feedHead, bool, error) {
+func (f *edgeFeed) changesSince(ctx context.Context, s logical.Storage, since uint64, limit int) ([]*contract.Change, feedHead, bool, error) {
 	h, err := f.readHead(ctx, s)
 	if err != nil {
 		return nil, h, false, err
@@ -259,9 +224,9 @@ func (f *edgeFeed) changesSince(ctx context.Context, s logical.Storage, since ui
 	if since > h.Seq || since+1 < h.First {
 		return nil, h, false, nil
 	}
-	var out []*feedChange
+	var out []*contract.Change
 	for seq := since + 1; seq <= h.Seq && len(out) < limit; seq++ {
-		c, err := getJSON[feedChange](ctx, s, feedEntryKey(seq), "edge change")
+		c, err := getJSON[contract.Change](ctx, s, feedEntryKey(seq), "edge change")
 		if err != nil {
 			return nil, h, false, err
 		}
@@ -340,15 +305,15 @@ func (b *backend) edgeKeyWritten(ctx context.Context, s logical.Storage, e *keyE
 	if e.EdgeHash == "" {
 		return nil
 	}
-	return b.feed.appendChange(ctx, s, &feedChange{Op: changeUpsert, Key: newEdgeKey(e), KeyID: e.KeyID, Tenant: e.Tenant})
+	return b.feed.appendChange(ctx, s, &contract.Change{Op: contract.OpUpsert, Key: wireKeyOf(e), KeyID: e.KeyID, Tenant: e.Tenant})
 }
 
 func (b *backend) edgeKeyDeleted(ctx context.Context, s logical.Storage, tenant, id string) error {
-	return b.feed.appendChange(ctx, s, &feedChange{Op: changeDelete, KeyID: id, Tenant: tenant})
+	return b.feed.appendChange(ctx, s, &contract.Change{Op: contract.OpDelete, KeyID: id, Tenant: tenant})
 }
 
 func (b *backend) edgeTenantStatus(ctx context.Context, s logical.Storage, tenant, status string) error {
-	return b.feed.appendChange(ctx, s, &feedChange{Op: changeTenant, Tenant: tenant, TenantStatus: status})
+	return b.feed.appendChange(ctx, s, &contract.Change{Op: contract.OpTenant, Tenant: tenant, TenantStatus: status})
 }
 
 // periodicEdgeFeed compacts on the node that may write.
@@ -449,7 +414,7 @@ func (b *backend) pathSyncSnapshot(ctx context.Context, req *logical.Request, d 
 	if i < len(hashes) && hashes[i] == after {
 		i++
 	}
-	keys := make([]*edgeKey, 0, min(limit, len(hashes)-i))
+	keys := make([]*contract.WireKey, 0, min(limit, len(hashes)-i))
 	next := ""
 	for ; i < len(hashes); i++ {
 		if len(keys) == limit {
@@ -463,13 +428,13 @@ func (b *backend) pathSyncSnapshot(ctx context.Context, req *logical.Request, d 
 		if rec == nil || rec.EdgeHash == "" {
 			continue
 		}
-		keys = append(keys, newEdgeKey(rec))
+		keys = append(keys, wireKeyOf(rec))
 	}
-	data := map[string]interface{}{
-		"seq":          head.Seq,
-		"verifier_key": base64.StdEncoding.EncodeToString(secret),
-		"keys":         keys,
-		"next":         next,
+	page := contract.SnapshotPage{
+		Seq:         head.Seq,
+		VerifierKey: base64.StdEncoding.EncodeToString(secret),
+		Keys:        keys,
+		Next:        next,
 	}
 	if after == "" {
 		tenants, err := req.Storage.List(ctx, tenantPrefix)
@@ -489,9 +454,9 @@ func (b *backend) pathSyncSnapshot(ctx context.Context, req *logical.Request, d 
 				status[name] = t.Status
 			}
 		}
-		data["tenants"] = status
+		page.Tenants = status
 	}
-	return &logical.Response{Data: data}, nil
+	return &logical.Response{Data: page.Data()}, nil
 }
 
 func (b *backend) pathSyncChanges(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -524,13 +489,10 @@ func (b *backend) pathSyncChanges(ctx context.Context, req *logical.Request, d *
 				seq = changes[len(changes)-1].Seq
 			}
 			if changes == nil {
-				changes = []*feedChange{}
+				changes = []*contract.Change{}
 			}
-			return &logical.Response{Data: map[string]interface{}{
-				"changes": changes,
-				"seq":     seq,
-				"head":    head.Seq,
-			}}, nil
+			page := contract.ChangesPage{Changes: changes, Seq: seq, Head: head.Seq}
+			return &logical.Response{Data: page.Data()}, nil
 		}
 		t := time.NewTimer(left)
 		select {

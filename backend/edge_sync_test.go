@@ -12,13 +12,14 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
-func (b *backend) changes(t *testing.T, s logical.Storage, since uint64) ([]*feedChange, uint64) {
+func (b *backend) changes(t *testing.T, s logical.Storage, since uint64) ([]*contract.Change, uint64) {
 	t.Helper()
 	resp := b.do(t, s, logical.ReadOperation, "sync/changes", map[string]interface{}{"since": int(since)})
-	return resp.Data["changes"].([]*feedChange), resp.Data["seq"].(uint64)
+	return resp.Data["changes"].([]*contract.Change), resp.Data["seq"].(uint64)
 }
 
 func TestEdgeFeedRecordsWritesOnly(t *testing.T) {
@@ -26,11 +27,11 @@ func TestEdgeFeedRecordsWritesOnly(t *testing.T) {
 	key, id, _ := setupAcme(t, b, s)
 
 	snap := b.do(t, s, logical.ReadOperation, "sync/snapshot", nil)
-	keys := snap.Data["keys"].([]*edgeKey)
+	keys := snap.Data["keys"].([]*contract.WireKey)
 	if len(keys) != 1 || keys[0].KeyID != id || keys[0].Tenant != "acme" {
 		t.Fatalf("snapshot keys: %+v", keys)
 	}
-	if snap.Data["tenants"].(map[string]string)["acme"] != tenantActive {
+	if snap.Data["tenants"].(map[string]string)["acme"] != contract.TenantActive {
 		t.Fatalf("snapshot tenants: %v", snap.Data["tenants"])
 	}
 	// The edge hashes a presented key with the secret it was given and
@@ -57,7 +58,7 @@ func TestEdgeFeedRecordsWritesOnly(t *testing.T) {
 
 	all, seq := b.changes(t, s, 0)
 	// The new tenant's status, then the key.
-	if len(all) != 2 || all[0].Op != changeTenant || all[1].Op != changeUpsert || all[1].Key.KeyID != id {
+	if len(all) != 2 || all[0].Op != contract.OpTenant || all[1].Op != contract.OpUpsert || all[1].Key.KeyID != id {
 		t.Fatalf("changes after issue: %+v", all)
 	}
 	if snap.Data["seq"].(uint64) != seq {
@@ -77,17 +78,17 @@ func TestEdgeFeedRecordsWritesOnly(t *testing.T) {
 		t.Fatalf("verify recorded changes: %+v", c)
 	}
 
-	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": tenantSuspended})
+	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": contract.TenantSuspended})
 	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"display_name": "Acme"})
 	b.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+id, nil)
 	c, last := b.changes(t, s, seq)
 	if len(c) != 2 {
 		t.Fatalf("want suspension and revocation only, got %+v", c)
 	}
-	if c[0].Op != changeTenant || c[0].Tenant != "acme" || c[0].TenantStatus != tenantSuspended {
+	if c[0].Op != contract.OpTenant || c[0].Tenant != "acme" || c[0].TenantStatus != contract.TenantSuspended {
 		t.Fatalf("suspension: %+v", c[0])
 	}
-	if c[1].Op != changeDelete || c[1].KeyID != id {
+	if c[1].Op != contract.OpDelete || c[1].KeyID != id {
 		t.Fatalf("revocation: %+v", c[1])
 	}
 	if last != c[1].Seq {
@@ -105,7 +106,7 @@ func TestEdgeFeedStaticRotation(t *testing.T) {
 	c, _ := b.changes(t, s, seq2)
 	var newKey, grace bool
 	for _, ch := range c {
-		if ch.Op == changeUpsert && ch.Key.Kind == kindStatic {
+		if ch.Op == contract.OpUpsert && ch.Key.Kind == kindStatic {
 			if ch.Key.InGrace {
 				grace = true
 			} else {
@@ -171,9 +172,9 @@ func TestEdgeFeedLongPoll(t *testing.T) {
 		done <- resp
 	}()
 	time.Sleep(100 * time.Millisecond)
-	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": tenantSuspended})
+	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": contract.TenantSuspended})
 	resp := <-done
-	if c := resp.Data["changes"].([]*feedChange); len(c) != 1 || c[0].Op != changeTenant {
+	if c := resp.Data["changes"].([]*contract.Change); len(c) != 1 || c[0].Op != contract.OpTenant {
 		t.Fatalf("long poll: %+v", c)
 	}
 	if time.Since(start) > 20*time.Second {
@@ -182,7 +183,7 @@ func TestEdgeFeedLongPoll(t *testing.T) {
 
 	// With nothing to report, it returns empty after the wait.
 	resp = b.do(t, s, logical.ReadOperation, "sync/changes", map[string]interface{}{"since": int(seq + 1), "wait": 1})
-	if c := resp.Data["changes"].([]*feedChange); len(c) != 0 {
+	if c := resp.Data["changes"].([]*contract.Change); len(c) != 0 {
 		t.Fatalf("empty poll: %+v", c)
 	}
 	resp, _ = b.HandleRequest(context.Background(), &logical.Request{
@@ -216,8 +217,8 @@ func TestEdgeFeedGetsRetriedRevokeAndSuspension(t *testing.T) {
 	c, _ := b.changes(t, s, seq)
 	var deleted, suspended bool
 	for _, ch := range c {
-		deleted = deleted || (ch.Op == changeDelete && ch.KeyID == id)
-		suspended = suspended || (ch.Op == changeTenant && ch.Tenant == "acme" && ch.TenantStatus == tenantSuspended)
+		deleted = deleted || (ch.Op == contract.OpDelete && ch.KeyID == id)
+		suspended = suspended || (ch.Op == contract.OpTenant && ch.Tenant == "acme" && ch.TenantStatus == contract.TenantSuspended)
 	}
 	if !deleted || !suspended {
 		t.Fatalf("after the retries the edges heard: revoke %v, suspension %v (%+v)", deleted, suspended, c)

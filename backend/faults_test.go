@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 // faultCase is one write path run with storage "crashing" at its n-th write
@@ -62,7 +63,7 @@ func TestWritePathsSurviveAFailureAtEveryWrite(t *testing.T) {
 			},
 			op: func(b *backend, s *countingStorage, _ map[string]string) error { return revokeLease(b, s, leased) },
 			done: func(t *testing.T, b *backend, s *countingStorage, st map[string]string) {
-				if c := b.code(t, s, verifyInput{APIKey: st["key"]}, time.Now()); c != codeNotFound {
+				if c := b.code(t, s, contract.Request{APIKey: st["key"]}, time.Now()); c != contract.CodeNotFound {
 					t.Fatalf("revoked key: %s", c)
 				}
 			},
@@ -86,7 +87,7 @@ func TestWritePathsSurviveAFailureAtEveryWrite(t *testing.T) {
 						t.Fatalf("%s left after tenant delete: %v", p, left)
 					}
 				}
-				if c := b.code(t, s, verifyInput{APIKey: st["key"]}, time.Now()); c != codeNotFound {
+				if c := b.code(t, s, contract.Request{APIKey: st["key"]}, time.Now()); c != contract.CodeNotFound {
 					t.Fatalf("key of deleted tenant: %s", c)
 				}
 			},
@@ -213,7 +214,7 @@ func TestUsageFlushSurvivesAFailureAtEveryWrite(t *testing.T) {
 			t.Fatalf("write %d: retry: %v", n, err)
 		}
 		tu, err := readTenantUsage(ctx, s, "acme")
-		if err != nil || tu == nil || tu.VerifyByCode[codeValid] != 3 {
+		if err != nil || tu == nil || tu.VerifyByCode[contract.CodeValid] != 3 {
 			t.Fatalf("write %d: tenant usage after retry: %+v %v", n, tu, err)
 		}
 		ku, err := readKeyUsage(ctx, s, "acme", id1)

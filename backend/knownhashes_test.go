@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 func waitKnownLoaded(t testing.TB, b *backend) {
@@ -29,11 +30,11 @@ func TestUnknownKeyCostsNoStorageRead(t *testing.T) {
 	b, s := newTestBackend(t)
 	key, _, _ := setupAcme(t, b, s)
 	guess := regenerate(t, key)
-	b.code(t, s, verifyInput{APIKey: guess}, time.Now()) // starts the listing
+	b.code(t, s, contract.Request{APIKey: guess}, time.Now()) // starts the listing
 	waitKnownLoaded(t, b)
 	s.reset()
 	for i := 0; i < 3; i++ {
-		if c := b.code(t, s, verifyInput{APIKey: regenerate(t, key)}, time.Now()); c != codeNotFound {
+		if c := b.code(t, s, contract.Request{APIKey: regenerate(t, key)}, time.Now()); c != contract.CodeNotFound {
 			t.Fatal(c)
 		}
 	}
@@ -43,7 +44,7 @@ func TestUnknownKeyCostsNoStorageRead(t *testing.T) {
 	// Issued after the listing: known at once.
 	fresh := b.do(t, s, logical.ReadOperation, "tenants/acme/creds/web", nil).Data["api_key"].(string)
 	b.cache.reset() // cold cache: the set alone must not hide it
-	if c := b.code(t, s, verifyInput{APIKey: fresh}, time.Now()); c != codeValid {
+	if c := b.code(t, s, contract.Request{APIKey: fresh}, time.Now()); c != contract.CodeValid {
 		t.Fatalf("key issued after the listing: %s", c)
 	}
 }
@@ -55,7 +56,7 @@ func TestStandbyNeverTakesANewKeyForAbsent(t *testing.T) {
 	active, s := newTestBackend(t)
 	standby, _ := newTestBackendOn(t, s)
 	key, _, _ := setupAcme(t, active, s)
-	standby.code(t, s, verifyInput{APIKey: regenerate(t, key)}, time.Now())
+	standby.code(t, s, contract.Request{APIKey: regenerate(t, key)}, time.Now())
 	waitKnownLoaded(t, standby)
 
 	s.reset()
@@ -63,7 +64,7 @@ func TestStandbyNeverTakesANewKeyForAbsent(t *testing.T) {
 	for _, k := range s.putKeys {
 		standby.Invalidate(context.Background(), k)
 	}
-	if c := standby.code(t, s, verifyInput{APIKey: fresh}, time.Now()); c != codeValid {
+	if c := standby.code(t, s, contract.Request{APIKey: fresh}, time.Now()); c != contract.CodeValid {
 		t.Fatalf("standby after Invalidate: %s", c)
 	}
 }

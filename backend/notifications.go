@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
 )
 
@@ -348,7 +349,7 @@ func (b *backend) tenantWritten(ctx context.Context, s logical.Storage, te *tena
 	if err != nil {
 		b.Logger().Warn("tenant status not recorded in its usage", "tenant", te.Name, "error", err)
 	}
-	if te.Status != tenantSuspended {
+	if te.Status != contract.TenantSuspended {
 		return
 	}
 	b.emit(ctx, s, newEvent(notify.TenantSuspended, te.Name, map[string]interface{}{

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
 )
 
@@ -193,7 +194,7 @@ func TestEveryEventTypeReachesTheWebhookSigned(t *testing.T) {
 	}
 	for range 12 {
 		resp := b.do(t, s, logical.UpdateOperation, "verify", map[string]interface{}{"api_key": regenerate(t, "ak_live_x")})
-		if resp.Data["code"] != codeNotFound {
+		if resp.Data["code"] != contract.CodeNotFound {
 			t.Fatalf("unknown key: %v", resp.Data)
 		}
 	}

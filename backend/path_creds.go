@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
@@ -98,7 +99,7 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 		return resp, err
 	}
 	defer unlock()
-	if t.Status == tenantSuspended {
+	if t.Status == contract.TenantSuspended {
 		return logical.ErrorResponse("tenant %q is suspended: no key can be issued", tenant), nil
 	}
 	r, err := readRole(ctx, req.Storage, tenant, roleName)

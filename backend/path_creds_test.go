@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 // An issue's scopes: left out, the role's; a subset, that subset; sent
@@ -26,11 +27,11 @@ func TestIssueScopes(t *testing.T) {
 			t.Errorf("%v: scopes %v, want %v", tc.data, got, tc.want)
 		}
 		key := resp.Data["api_key"].(string)
-		wantRead := codeValid
+		wantRead := contract.CodeValid
 		if len(tc.want) == 0 {
-			wantRead = codeInsufficientScope
+			wantRead = contract.CodeInsufficientScope
 		}
-		if c := b.code(t, s, verifyInput{APIKey: key, RequiredScopes: []string{"read"}}, time.Now()); c != wantRead {
+		if c := b.code(t, s, contract.Request{APIKey: key, RequiredScopes: []string{"read"}}, time.Now()); c != wantRead {
 			t.Errorf("%v: verify with read: %s, want %s", tc.data, c, wantRead)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -86,19 +87,19 @@ func TestMetricsParseAndMatchWhatHappened(t *testing.T) {
 		return b.do(t, s, logical.UpdateOperation, "verify", data).Data["code"].(string)
 	}
 	for range 5 {
-		if c := verify(other); c != codeValid {
+		if c := verify(other); c != contract.CodeValid {
 			t.Fatal(c)
 		}
 	}
 	for range 3 {
-		if c := verify(key); c != codeNotFound { // revoked
+		if c := verify(key); c != contract.CodeNotFound { // revoked
 			t.Fatal(c)
 		}
 	}
-	if c := verify(other, "required_scopes", "admin"); c != codeInsufficientScope {
+	if c := verify(other, "required_scopes", "admin"); c != contract.CodeInsufficientScope {
 		t.Fatal(c)
 	}
-	if c := verify("garbage"); c != codeMalformed {
+	if c := verify("garbage"); c != contract.CodeMalformed {
 		t.Fatal(c)
 	}
 
@@ -108,9 +109,9 @@ func TestMetricsParseAndMatchWhatHappened(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{"apikeys_verify_total", map[string]string{"tenant": "acme", "code": codeValid}, 5},
-		{"apikeys_verify_total", map[string]string{"tenant": "acme", "code": codeInsufficientScope}, 1},
-		{"apikeys_verify_total", map[string]string{"tenant": unattributedTenant, "code": codeMalformed}, 1},
+		{"apikeys_verify_total", map[string]string{"tenant": "acme", "code": contract.CodeValid}, 5},
+		{"apikeys_verify_total", map[string]string{"tenant": "acme", "code": contract.CodeInsufficientScope}, 1},
+		{"apikeys_verify_total", map[string]string{"tenant": unattributedTenant, "code": contract.CodeMalformed}, 1},
 		{"apikeys_verify_valid_by_role_total", map[string]string{"tenant": "acme", "role": "web"}, 5},
 		{"apikeys_verify_duration_seconds", nil, 10},
 		{"apikeys_keys_issued_total", map[string]string{"tenant": "acme"}, 3},
@@ -127,7 +128,7 @@ func TestMetricsParseAndMatchWhatHappened(t *testing.T) {
 	// The unknown keys carry the mount's prefix, which acme alone uses
 	// once prefixes are mapped: they count against acme, before that they
 	// are unattributed.
-	if got := sampleOf(fams, "apikeys_verify_total", map[string]string{"code": codeNotFound}); got != 3 {
+	if got := sampleOf(fams, "apikeys_verify_total", map[string]string{"code": contract.CodeNotFound}); got != 3 {
 		t.Errorf("NOT_FOUND total %v, want 3", got)
 	}
 	if f := fams["apikeys_verify_duration_seconds"]; f.GetType() != dto.MetricType_HISTOGRAM {

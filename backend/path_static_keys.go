@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
@@ -226,7 +227,7 @@ func (b *backend) pathStaticKeyWrite(ctx context.Context, req *logical.Request, 
 		b.rotations.schedule(e)
 		return nil, nil
 	}
-	if t.Status == tenantSuspended {
+	if t.Status == contract.TenantSuspended {
 		return logical.ErrorResponse("tenant %q is suspended: no key can be issued", tenant), nil
 	}
 	if t.MaxKeys > 0 {

@@ -11,14 +11,12 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
 const (
 	tenantPrefix = "tenants/"
-
-	tenantActive    = "active"
-	tenantSuspended = "suspended"
 )
 
 var defaultEnvironments = []string{"live", "test"}
@@ -59,8 +57,8 @@ func tenantFields() map[string]*framework.FieldSchema {
 		"status": {
 			Type:          framework.TypeString,
 			Description:   `"active" or "suspended". Every key of a suspended tenant verifies as TENANT_SUSPENDED and no key can be issued.`,
-			Default:       tenantActive,
-			AllowedValues: []interface{}{tenantActive, tenantSuspended},
+			Default:       contract.TenantActive,
+			AllowedValues: []interface{}{contract.TenantActive, contract.TenantSuspended},
 		},
 		"metadata": {
 			Type:        framework.TypeKVPairs,
@@ -223,7 +221,7 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 		if req.Operation == logical.UpdateOperation {
 			return logical.ErrorResponse("tenant %q does not exist", name), nil
 		}
-		t = &tenantEntry{Name: name, Status: tenantActive, AllowedEnvironments: defaultEnvironments, CreatedAt: now}
+		t = &tenantEntry{Name: name, Status: contract.TenantActive, AllowedEnvironments: defaultEnvironments, CreatedAt: now}
 	}
 
 	if v, ok := d.GetOk("display_name"); ok {
@@ -240,8 +238,8 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	}
 	if v, ok := d.GetOk("status"); ok {
 		s := v.(string)
-		if s != tenantActive && s != tenantSuspended {
-			return logical.ErrorResponse("invalid status %q: must be %q or %q", s, tenantActive, tenantSuspended), nil
+		if s != contract.TenantActive && s != contract.TenantSuspended {
+			return logical.ErrorResponse("invalid status %q: must be %q or %q", s, contract.TenantActive, contract.TenantSuspended), nil
 		}
 		t.Status = s
 	}
@@ -350,7 +348,7 @@ func (b *backend) pathTenantDelete(ctx context.Context, req *logical.Request, d 
 		return nil, fmt.Errorf("delete tenant %q: %w", name, err)
 	}
 	b.cache.deleteTenant(name)
-	if err := b.edgeTenantStatus(ctx, req.Storage, name, tenantDeleted); err != nil {
+	if err := b.edgeTenantStatus(ctx, req.Storage, name, contract.TenantDeleted); err != nil {
 		return nil, err
 	}
 	if len(ids) == 0 {

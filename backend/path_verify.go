@@ -8,29 +8,9 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
-
-// Verify answer codes: the public contract with API gateways.
-const (
-	codeValid             = "VALID"
-	codeMalformed         = "MALFORMED"
-	codeNotFound          = "NOT_FOUND"
-	codeExpired           = "EXPIRED"
-	codeTenantSuspended   = "TENANT_SUSPENDED"
-	codeInsufficientScope = "INSUFFICIENT_SCOPE"
-	codeIPNotAllowed      = "IP_NOT_ALLOWED"
-	codeRateLimited       = "RATE_LIMITED"
-)
-
-type verifyInput struct {
-	APIKey string
-	// Tenant, when set, limits the answer to that tenant's keys: any other
-	// key answers exactly like an unknown one.
-	Tenant         string
-	RequiredScopes []string
-	ClientIP       netip.Addr
-}
 
 // verifyOutcome carries the key for every answer about a found key of the
 // right tenant (usage and metrics attribute it); verifyResponse shows its
@@ -140,7 +120,7 @@ func (b *backend) pathVerifyRead(ctx context.Context, req *logical.Request, d *f
 }
 
 func (b *backend) handleVerify(ctx context.Context, req *logical.Request, d *framework.FieldData, key string) (*logical.Response, error) {
-	in := verifyInput{APIKey: key}
+	in := contract.Request{APIKey: key}
 	if in.APIKey == "" {
 		return logical.ErrorResponse("missing api_key (POST body field, or the %s header on GET)", apiKeyHeader), nil
 	}
@@ -170,24 +150,25 @@ func (b *backend) handleVerify(ctx context.Context, req *logical.Request, d *fra
 	return &logical.Response{Data: verifyResponse(out)}, nil
 }
 
-// verify is the whole decision, free of HTTP and field parsing so that it can
-// be benchmarked alone. A warm call reads no storage and writes none, ever.
-func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput, now time.Time) (verifyOutcome, error) {
+// verify is the plugin's side of the verify contract (contract.Decide),
+// free of HTTP and field parsing so that it can be benchmarked alone. A warm
+// call reads no storage and writes none, ever.
+func (b *backend) verify(ctx context.Context, s logical.Storage, in *contract.Request, now time.Time) (verifyOutcome, error) {
 	// Too long to be a key: not worth hashing for its position below.
 	if len(in.APIKey) > keyformat.MaxLen {
-		return verifyOutcome{Code: codeMalformed}, nil
+		return verifyOutcome{Code: contract.CodeMalformed}, nil
 	}
 	// The key's slot is placed by a cheap hash of the key, not by its
 	// HMAC: its memory access runs during the checks and the HMAC below.
 	loc := b.cache.locate(in.APIKey)
 	b.cache.prefetchKey(loc)
 	// Shape and checksum first: garbage and typos cost no storage read.
-	if _, ok := keyformat.Parse(in.APIKey); !ok {
-		return verifyOutcome{Code: codeMalformed}, nil
+	if !contract.WellFormed(in.APIKey) {
+		return verifyOutcome{Code: contract.CodeMalformed}, nil
 	}
 	h, err := b.getHasher(ctx, s, false)
 	if err != nil || h == nil {
-		return verifyOutcome{Code: codeNotFound}, err
+		return verifyOutcome{Code: contract.CodeNotFound}, err
 	}
 	sum := h.Sum(in.APIKey)
 	// Decided from the key's slot alone (see verifySlot); k.key is only
@@ -197,62 +178,57 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *verifyInput
 		return verifyOutcome{}, err
 	}
 	if k.key == nil || !keyformat.Equal(k.hash, sum) {
-		return verifyOutcome{Code: codeNotFound}, nil
+		return verifyOutcome{Code: contract.CodeNotFound}, nil
 	}
 	p := k.profile
-	if in.Tenant != "" && p.tenant != in.Tenant {
-		return verifyOutcome{Code: codeNotFound}, nil
-	}
-	// Expiry is checked here even though the lease revokes the key: a revoke
-	// that has not run yet (or failed) must not keep a key alive.
-	if k.expiresAt != 0 && now.UnixNano() >= k.expiresAt {
-		return verifyOutcome{Code: codeExpired, Key: k.key}, nil
-	}
-	t, err := b.lookupTenant(ctx, s, p.tenant)
+	f := contract.Key{Tenant: p.tenant, ExpiresAt: k.expiresAt, Scopes: p.scopes, CIDRs: p.cidrs}
+	code, err := contract.Decide(ctx, pluginStore{b: b, s: s}, in, &f, k.key, now)
 	if err != nil {
 		return verifyOutcome{}, err
 	}
-	if t == nil {
-		return verifyOutcome{Code: codeNotFound}, nil
+	// Another tenant's key is not attributed to anyone: it answers like
+	// an unknown one in usage and metrics too.
+	if code == contract.CodeNotFound {
+		return verifyOutcome{Code: code}, nil
 	}
-	if t.Status == tenantSuspended {
-		return verifyOutcome{Code: codeTenantSuspended, Key: k.key}, nil
+	return verifyOutcome{Code: code, Key: k.key}, nil
+}
+
+// pluginStore is the verify contract's Store over the mount: tenants from
+// the verify cache (else storage), rate limits from this node's buckets.
+type pluginStore struct {
+	b *backend
+	s logical.Storage
+}
+
+func (ps pluginStore) TenantStatus(ctx context.Context, tenant string) (string, error) {
+	t, err := ps.b.lookupTenant(ctx, ps.s, tenant)
+	if err != nil || t == nil {
+		return "", err
 	}
-	if !keyformat.AllowsIP(p.cidrs, in.ClientIP) {
-		return verifyOutcome{Code: codeIPNotAllowed, Key: k.key}, nil
+	return t.Status, nil
+}
+
+func (ps pluginStore) Spend(k *cachedKey, now time.Time) string {
+	p := k.profile
+	if p.rateLimit > 0 && !ps.b.limiter.allow(k.keyID, p.rateLimit, p.ratePeriod, now) {
+		return contract.CodeRateLimited
 	}
-	if !keyformat.HasScopes(p.scopes, in.RequiredScopes) {
-		return verifyOutcome{Code: codeInsufficientScope, Key: k.key}, nil
-	}
-	// Only requests that would otherwise pass spend the key's allowance.
-	if p.rateLimit > 0 && !b.limiter.allow(k.key.keyID, p.rateLimit, p.ratePeriod, now) {
-		return verifyOutcome{Code: codeRateLimited, Key: k.key}, nil
-	}
-	return verifyOutcome{Code: codeValid, Key: k.key}, nil
+	return ""
 }
 
 func verifyResponse(out verifyOutcome) map[string]interface{} {
-	if out.Code != codeValid {
-		return map[string]interface{}{"valid": false, "code": out.Code}
+	if out.Code != contract.CodeValid {
+		a := contract.Refusal(out.Code)
+		return a.Data()
 	}
 	k, p := out.Key, out.Key.profile
-	var expires interface{}
-	if k.expiresAt != 0 {
-		expires = time.Unix(0, k.expiresAt).UTC().Format(time.RFC3339)
+	a := contract.Answer{
+		Valid: true, Code: contract.CodeValid, KeyID: k.keyID, Tenant: p.tenant, Role: p.role,
+		Scopes: p.scopes, Environment: p.environment, Metadata: p.metadata,
+		ExpiresAt: contract.Expiry(k.expiresAt), Kind: p.kind, InGrace: k.inGrace,
 	}
-	return map[string]interface{}{
-		"valid":       true,
-		"code":        codeValid,
-		"key_id":      k.keyID,
-		"tenant":      p.tenant,
-		"role":        p.role,
-		"scopes":      p.scopes,
-		"environment": p.environment,
-		"metadata":    p.metadata,
-		"expires_at":  expires,
-		"kind":        p.kind,
-		"in_grace":    k.inGrace,
-	}
+	return a.Data()
 }
 
 const pathVerifyHelpSyn = `Check whether an API key is valid and what it may do.`

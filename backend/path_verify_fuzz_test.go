@@ -6,11 +6,12 @@ import (
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 var knownCodes = map[string]bool{
-	codeValid: true, codeMalformed: true, codeNotFound: true, codeExpired: true,
-	codeTenantSuspended: true, codeInsufficientScope: true, codeIPNotAllowed: true, codeRateLimited: true,
+	contract.CodeValid: true, contract.CodeMalformed: true, contract.CodeNotFound: true, contract.CodeExpired: true,
+	contract.CodeTenantSuspended: true, contract.CodeInsufficientScope: true, contract.CodeIPNotAllowed: true, contract.CodeRateLimited: true,
 }
 
 // FuzzVerifyRequest feeds verify's request decoding arbitrary field values:
@@ -53,7 +54,7 @@ func FuzzVerifyRequest(f *testing.F) {
 			if !knownCodes[code] {
 				t.Fatalf("unknown code %q", code)
 			}
-			if code == codeValid && k != key {
+			if code == contract.CodeValid && k != key {
 				t.Fatalf("a key that was never issued verified: %q", k)
 			}
 		}

@@ -8,10 +8,11 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
-func (b *backend) code(t testing.TB, s logical.Storage, in verifyInput, now time.Time) string {
+func (b *backend) code(t testing.TB, s logical.Storage, in contract.Request, now time.Time) string {
 	t.Helper()
 	out, err := b.verify(context.Background(), s, &in, now)
 	if err != nil {
@@ -26,7 +27,7 @@ func TestVerifyMalformedReadsNoStorage(t *testing.T) {
 	coldCaches(b) // cold: nothing cached, not even the pepper
 	s.reset()
 	for _, k := range []string{"", "garbage", badChecksum(key), key + "a", "ak_prod_" + key[8:], key[:20], key + strings.Repeat("x", keyformat.MaxLen)} {
-		if c := b.code(t, s, verifyInput{APIKey: k}, time.Now()); c != codeMalformed {
+		if c := b.code(t, s, contract.Request{APIKey: k}, time.Now()); c != contract.CodeMalformed {
 			t.Fatalf("%q: %s", k, c)
 		}
 	}
@@ -40,7 +41,7 @@ func TestVerifyWarmReadsNothingAndNeverWrites(t *testing.T) {
 	key, _, _ := setupAcme(t, b, s)
 	coldCaches(b)
 	s.reset()
-	if c := b.code(t, s, verifyInput{APIKey: key}, time.Now()); c != codeValid {
+	if c := b.code(t, s, contract.Request{APIKey: key}, time.Now()); c != contract.CodeValid {
 		t.Fatalf("cold verify: %s", c)
 	}
 	if s.gets == 0 {
@@ -51,7 +52,7 @@ func TestVerifyWarmReadsNothingAndNeverWrites(t *testing.T) {
 	waitKnownLoaded(t, b)
 	s.reset()
 	for i := 0; i < 5; i++ {
-		if c := b.code(t, s, verifyInput{APIKey: key, RequiredScopes: []string{"read"}}, time.Now()); c != codeValid {
+		if c := b.code(t, s, contract.Request{APIKey: key, RequiredScopes: []string{"read"}}, time.Now()); c != contract.CodeValid {
 			t.Fatalf("warm verify: %s", c)
 		}
 	}
@@ -65,7 +66,7 @@ func TestVerifyWarmReadsNothingAndNeverWrites(t *testing.T) {
 	coldCaches(b)
 	s.reset()
 	defer waitKnownLoaded(t, b)
-	for _, in := range []verifyInput{
+	for _, in := range []contract.Request{
 		{APIKey: key},
 		{APIKey: key, Tenant: "globex"},
 		{APIKey: key, RequiredScopes: []string{"admin"}},
@@ -85,11 +86,11 @@ func TestVerifyChecksExpiryWithoutTheLease(t *testing.T) {
 	b, s := newTestBackend(t)
 	key, _, resp := setupAcme(t, b, s)
 	ttl := resp.Secret.TTL
-	if c := b.code(t, s, verifyInput{APIKey: key}, time.Now().Add(ttl-time.Second)); c != codeValid {
+	if c := b.code(t, s, contract.Request{APIKey: key}, time.Now().Add(ttl-time.Second)); c != contract.CodeValid {
 		t.Fatalf("before expiry: %s", c)
 	}
 	// No lease revoke ever ran: verify alone must refuse the key.
-	if c := b.code(t, s, verifyInput{APIKey: key}, time.Now().Add(ttl+time.Second)); c != codeExpired {
+	if c := b.code(t, s, contract.Request{APIKey: key}, time.Now().Add(ttl+time.Second)); c != contract.CodeExpired {
 		t.Fatalf("after expiry: %s", c)
 	}
 }
@@ -100,27 +101,27 @@ func TestVerifyCodes(t *testing.T) {
 	b.do(t, s, logical.CreateOperation, "tenants/globex", map[string]interface{}{})
 	b.do(t, s, logical.CreateOperation, "tenants/acme/roles/office", map[string]interface{}{"scopes": "read", "allowed_cidrs": "10.0.0.0/8,::ffff:192.0.2.0/120"})
 	office := b.do(t, s, logical.ReadOperation, "tenants/acme/creds/office", nil).Data["api_key"].(string)
-	ip := func(s string) verifyInput {
-		in := verifyInput{APIKey: office}
+	ip := func(s string) contract.Request {
+		in := contract.Request{APIKey: office}
 		in.ClientIP = mustAddr(t, s)
 		return in
 	}
 	now := time.Now()
 	for name, tc := range map[string]struct {
-		in   verifyInput
+		in   contract.Request
 		want string
 	}{
-		"valid":                   {verifyInput{APIKey: key}, codeValid},
-		"scopes held":             {verifyInput{APIKey: key, RequiredScopes: []string{"read", "write"}}, codeValid},
-		"scope missing":           {verifyInput{APIKey: key, RequiredScopes: []string{"read", "admin"}}, codeInsufficientScope},
-		"other tenant":            {verifyInput{APIKey: key, Tenant: "globex"}, codeNotFound},
-		"own tenant":              {verifyInput{APIKey: key, Tenant: "acme"}, codeValid},
-		"ip inside":               {ip("10.9.8.7"), codeValid},
-		"ip outside":              {ip("11.0.0.1"), codeIPNotAllowed},
-		"ip missing":              {verifyInput{APIKey: office}, codeIPNotAllowed},
-		"ipv4-mapped ipv6 inside": {ip("::ffff:10.1.1.1"), codeValid},
-		"unknown well-formed key": {verifyInput{APIKey: regenerate(t, key)}, codeNotFound},
-		"bad checksum":            {verifyInput{APIKey: badChecksum(key)}, codeMalformed},
+		"valid":                   {contract.Request{APIKey: key}, contract.CodeValid},
+		"scopes held":             {contract.Request{APIKey: key, RequiredScopes: []string{"read", "write"}}, contract.CodeValid},
+		"scope missing":           {contract.Request{APIKey: key, RequiredScopes: []string{"read", "admin"}}, contract.CodeInsufficientScope},
+		"other tenant":            {contract.Request{APIKey: key, Tenant: "globex"}, contract.CodeNotFound},
+		"own tenant":              {contract.Request{APIKey: key, Tenant: "acme"}, contract.CodeValid},
+		"ip inside":               {ip("10.9.8.7"), contract.CodeValid},
+		"ip outside":              {ip("11.0.0.1"), contract.CodeIPNotAllowed},
+		"ip missing":              {contract.Request{APIKey: office}, contract.CodeIPNotAllowed},
+		"ipv4-mapped ipv6 inside": {ip("::ffff:10.1.1.1"), contract.CodeValid},
+		"unknown well-formed key": {contract.Request{APIKey: regenerate(t, key)}, contract.CodeNotFound},
+		"bad checksum":            {contract.Request{APIKey: badChecksum(key)}, contract.CodeMalformed},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if got := b.code(t, s, tc.in, now); got != tc.want {
@@ -134,19 +135,19 @@ func TestVerifyFollowsLocalWritesAtOnce(t *testing.T) {
 	b, s := newTestBackend(t)
 	key, id, _ := setupAcme(t, b, s)
 	now := time.Now()
-	if c := b.code(t, s, verifyInput{APIKey: key}, now); c != codeValid {
+	if c := b.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeValid {
 		t.Fatal(c)
 	}
 	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "suspended"})
-	if c := b.code(t, s, verifyInput{APIKey: key}, now); c != codeTenantSuspended {
+	if c := b.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeTenantSuspended {
 		t.Fatalf("after suspend: %s", c)
 	}
 	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "active"})
-	if c := b.code(t, s, verifyInput{APIKey: key}, now); c != codeValid {
+	if c := b.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeValid {
 		t.Fatalf("after resume: %s", c)
 	}
 	b.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+id, nil)
-	if c := b.code(t, s, verifyInput{APIKey: key}, now); c != codeNotFound {
+	if c := b.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeNotFound {
 		t.Fatalf("after delete: %s", c)
 	}
 }
@@ -160,30 +161,30 @@ func TestInvalidateUsesTheKeysPluginWrites(t *testing.T) {
 	standby, _ := newTestBackendOn(t, s)
 	key, id, _ := setupAcme(t, active, s)
 	now := time.Now()
-	if c := standby.code(t, s, verifyInput{APIKey: key}, now); c != codeValid {
+	if c := standby.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeValid {
 		t.Fatal(c)
 	}
 
 	s.reset()
 	active.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "suspended"})
-	if c := standby.code(t, s, verifyInput{APIKey: key}, now); c != codeValid {
+	if c := standby.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeValid {
 		t.Fatalf("standby saw the suspension before Invalidate (%s): the test no longer proves anything", c)
 	}
 	for _, k := range s.putKeys {
 		standby.Invalidate(context.Background(), k)
 	}
-	if c := standby.code(t, s, verifyInput{APIKey: key}, now); c != codeTenantSuspended {
+	if c := standby.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeTenantSuspended {
 		t.Fatalf("after Invalidate of %v: %s", s.putKeys, c)
 	}
 	active.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "active"})
 
 	// An unrelated change drops nothing: the next verify is still warm.
 	standby.Invalidate(context.Background(), "tenants/acme") // resume
-	standby.code(t, s, verifyInput{APIKey: key}, now)
+	standby.code(t, s, contract.Request{APIKey: key}, now)
 	standby.Invalidate(context.Background(), "tenants/globex")
 	standby.Invalidate(context.Background(), "roles/acme/web")
 	s.reset()
-	standby.code(t, s, verifyInput{APIKey: key}, now)
+	standby.code(t, s, contract.Request{APIKey: key}, now)
 	if s.gets != 0 {
 		t.Fatalf("unrelated invalidations cost %d reads", s.gets)
 	}
@@ -196,7 +197,7 @@ func TestInvalidateUsesTheKeysPluginWrites(t *testing.T) {
 	for _, k := range s.delKeys {
 		standby.Invalidate(context.Background(), k)
 	}
-	if c := standby.code(t, s, verifyInput{APIKey: key}, now); c != codeNotFound {
+	if c := standby.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeNotFound {
 		t.Fatalf("after Invalidate of %v: %s", s.delKeys, c)
 	}
 }
@@ -208,17 +209,17 @@ func TestRateLimitIsPerKeyAndRefills(t *testing.T) {
 	k1 := b.do(t, s, logical.ReadOperation, "tenants/acme/creds/metered", nil).Data["api_key"].(string)
 	k2 := b.do(t, s, logical.ReadOperation, "tenants/acme/creds/metered", nil).Data["api_key"].(string)
 	now := time.Now()
-	want := []string{codeValid, codeValid, codeRateLimited}
+	want := []string{contract.CodeValid, contract.CodeValid, contract.CodeRateLimited}
 	for i, w := range want {
-		if c := b.code(t, s, verifyInput{APIKey: k1}, now); c != w {
+		if c := b.code(t, s, contract.Request{APIKey: k1}, now); c != w {
 			t.Fatalf("call %d: %s, want %s", i, c, w)
 		}
 	}
-	if c := b.code(t, s, verifyInput{APIKey: k2}, now); c != codeValid {
+	if c := b.code(t, s, contract.Request{APIKey: k2}, now); c != contract.CodeValid {
 		t.Fatalf("second key limited by the first: %s", c)
 	}
 	// 2 per 10 s refills one token every 5 s.
-	if c := b.code(t, s, verifyInput{APIKey: k1}, now.Add(5*time.Second)); c != codeValid {
+	if c := b.code(t, s, contract.Request{APIKey: k1}, now.Add(5*time.Second)); c != contract.CodeValid {
 		t.Fatalf("after refill: %s", c)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 func createStatic(t *testing.T, b *backend, s logical.Storage, data map[string]interface{}) {
@@ -29,8 +30,8 @@ func TestStaticKeyRotationKeepsOldKeyInGrace(t *testing.T) {
 	b, s := newTestBackend(t)
 	createStatic(t, b, s, map[string]interface{}{"role": "web", "rotation_period": "1h", "grace_period": "10m"})
 	k1, id1 := staticCreds(t, b, s)
-	out, err := b.verify(context.Background(), s, &verifyInput{APIKey: k1}, time.Now())
-	if err != nil || out.Code != codeValid || out.Key.profile.kind != kindStatic || out.Key.inGrace {
+	out, err := b.verify(context.Background(), s, &contract.Request{APIKey: k1}, time.Now())
+	if err != nil || out.Code != contract.CodeValid || out.Key.profile.kind != kindStatic || out.Key.inGrace {
 		t.Fatalf("first key: %v %+v", err, out)
 	}
 
@@ -40,14 +41,14 @@ func TestStaticKeyRotationKeepsOldKeyInGrace(t *testing.T) {
 		t.Fatal("rotate did not change the key")
 	}
 	now := time.Now()
-	out, _ = b.verify(context.Background(), s, &verifyInput{APIKey: k1}, now)
-	if out.Code != codeValid || !out.Key.inGrace {
+	out, _ = b.verify(context.Background(), s, &contract.Request{APIKey: k1}, now)
+	if out.Code != contract.CodeValid || !out.Key.inGrace {
 		t.Fatalf("old key right after rotation: %+v", out)
 	}
-	if c := b.code(t, s, verifyInput{APIKey: k2}, now); c != codeValid {
+	if c := b.code(t, s, contract.Request{APIKey: k2}, now); c != contract.CodeValid {
 		t.Fatalf("new key: %s", c)
 	}
-	if c := b.code(t, s, verifyInput{APIKey: k1}, now.Add(11*time.Minute)); c != codeExpired {
+	if c := b.code(t, s, contract.Request{APIKey: k1}, now.Add(11*time.Minute)); c != contract.CodeExpired {
 		t.Fatalf("old key after grace: %s", c)
 	}
 	// The engine then removes it for good.
@@ -58,7 +59,7 @@ func TestStaticKeyRotationKeepsOldKeyInGrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := b.code(t, s, verifyInput{APIKey: k1}, now); c != codeNotFound {
+	if c := b.code(t, s, contract.Request{APIKey: k1}, now); c != contract.CodeNotFound {
 		t.Fatalf("old key after cleanup: %s", c)
 	}
 	ids, _ := s.List(context.Background(), keyIndexPrefix("acme"))
@@ -81,15 +82,15 @@ func TestStaticKeyRotatesAfterItsRoleIsDeleted(t *testing.T) {
 	b.do(t, s, logical.DeleteOperation, "tenants/acme/roles/svc", nil)
 	b.do(t, s, logical.UpdateOperation, "tenants/acme/static-keys/app/rotate", nil)
 	k2, _ := staticCreds(t, b, s)
-	out, err := b.verify(context.Background(), s, &verifyInput{APIKey: k2, RequiredScopes: []string{"read"}}, time.Now())
-	if err != nil || out.Code != codeValid {
+	out, err := b.verify(context.Background(), s, &contract.Request{APIKey: k2, RequiredScopes: []string{"read"}}, time.Now())
+	if err != nil || out.Code != contract.CodeValid {
 		t.Fatalf("key after rotation: %v %+v", err, out)
 	}
 	want := map[string]string{"team": "payments", "tier": "silver", "owner": "ops"}
 	if got := out.Key.profile.metadata; !maps.Equal(got, want) {
 		t.Fatalf("metadata after rotation without the role: %v, want %v", got, want)
 	}
-	if c := b.code(t, s, verifyInput{APIKey: k2, RequiredScopes: []string{"write"}}, time.Now()); c != codeInsufficientScope {
+	if c := b.code(t, s, contract.Request{APIKey: k2, RequiredScopes: []string{"write"}}, time.Now()); c != contract.CodeInsufficientScope {
 		t.Fatalf("scope the role never had: %s", c)
 	}
 }
@@ -185,12 +186,12 @@ func TestRotationSurvivesAFailureAtEveryWrite(t *testing.T) {
 		}
 		b2.rotations.stop()
 		cur, _ := staticCreds(t, b2, s)
-		if c := b2.code(t, s, verifyInput{APIKey: cur}, time.Now()); c != codeValid {
+		if c := b2.code(t, s, contract.Request{APIKey: cur}, time.Now()); c != contract.CodeValid {
 			t.Fatalf("write %d: current key after recovery: %s", n, c)
 		}
 		if cur != before {
 			// The rotation committed: the key it replaced is in its grace.
-			if c := b2.code(t, s, verifyInput{APIKey: before}, time.Now()); c != codeValid {
+			if c := b2.code(t, s, contract.Request{APIKey: before}, time.Now()); c != contract.CodeValid {
 				t.Fatalf("write %d: replaced key after recovery: %s", n, c)
 			}
 		}
@@ -201,7 +202,7 @@ func TestRotationSurvivesAFailureAtEveryWrite(t *testing.T) {
 		assertNoOrphans(t, s, n)
 		b2.do(t, s, logical.UpdateOperation, "tenants/acme/static-keys/app/rotate", nil)
 		next, _ := staticCreds(t, b2, s)
-		if c := b2.code(t, s, verifyInput{APIKey: next}, time.Now()); c != codeValid {
+		if c := b2.code(t, s, contract.Request{APIKey: next}, time.Now()); c != contract.CodeValid {
 			t.Fatalf("write %d: rotation after recovery: %s", n, c)
 		}
 		assertNoOrphans(t, s, n)

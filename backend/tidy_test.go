@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 func TestNonLeasedKeysExpireThroughTidy(t *testing.T) {
@@ -23,24 +24,24 @@ func TestNonLeasedKeysExpireThroughTidy(t *testing.T) {
 	if resp.Data["ttl"] != int64(3600) {
 		t.Fatalf("ttl %v", resp.Data["ttl"])
 	}
-	if c := b.code(t, s, verifyInput{APIKey: key}, time.Now()); c != codeValid {
+	if c := b.code(t, s, contract.Request{APIKey: key}, time.Now()); c != contract.CodeValid {
 		t.Fatal(c)
 	}
 	later := time.Now().Add(2 * time.Hour)
-	if c := b.code(t, s, verifyInput{APIKey: key}, later); c != codeExpired {
+	if c := b.code(t, s, contract.Request{APIKey: key}, later); c != contract.CodeExpired {
 		t.Fatalf("after ttl: %s", c)
 	}
 	// A buffer longer than the time since expiry keeps the key.
 	if err := b.runTidy(context.Background(), s, 2*time.Hour, 2, func() time.Time { return later }); err != nil {
 		t.Fatal(err)
 	}
-	if c := b.code(t, s, verifyInput{APIKey: key}, later); c != codeExpired {
+	if c := b.code(t, s, contract.Request{APIKey: key}, later); c != contract.CodeExpired {
 		t.Fatalf("tidy inside the safety buffer removed the key: %s", c)
 	}
 	if err := b.runTidy(context.Background(), s, 0, 2, func() time.Time { return later }); err != nil {
 		t.Fatal(err)
 	}
-	if c := b.code(t, s, verifyInput{APIKey: key}, later); c != codeNotFound {
+	if c := b.code(t, s, contract.Request{APIKey: key}, later); c != contract.CodeNotFound {
 		t.Fatalf("after tidy: %s", c)
 	}
 	if b.tidy.status.ExpiredRemoved != 2 { // the bulk key and setupAcme's 1h key
@@ -82,7 +83,7 @@ func TestTidyRemovesOrphansAndSparesLiveKeys(t *testing.T) {
 		t.Fatalf("after tidy: %d index entries, %d records; want the dynamic and the static key", len(ids), len(hashes))
 	}
 	for _, k := range []string{key, static} {
-		if c := b.code(t, s, verifyInput{APIKey: k}, time.Now()); c != codeValid {
+		if c := b.code(t, s, contract.Request{APIKey: k}, time.Now()); c != contract.CodeValid {
 			t.Fatalf("tidy hurt a live key: %s", c)
 		}
 	}
@@ -94,7 +95,7 @@ func TestTidyRemovesOrphansAndSparesLiveKeys(t *testing.T) {
 	if p, _ := readKeyPointer(ctx, s, "acme", id); p != nil {
 		t.Fatal("expired dynamic key survived tidy")
 	}
-	if c := b.code(t, s, verifyInput{APIKey: static}, time.Now()); c != codeValid {
+	if c := b.code(t, s, contract.Request{APIKey: static}, time.Now()); c != contract.CodeValid {
 		t.Fatalf("tidy removed a static key's current key: %s", c)
 	}
 }
@@ -167,7 +168,7 @@ func TestTidyLeavesAKeyBeingIssuedAlone(t *testing.T) {
 	if err := b.runTidy(context.Background(), s, 0, 100, time.Now); err != nil {
 		t.Fatal(err)
 	}
-	if c := b.code(t, s, verifyInput{APIKey: key}, time.Now()); c != codeValid {
+	if c := b.code(t, s, contract.Request{APIKey: key}, time.Now()); c != contract.CodeValid {
 		t.Fatalf("key issued during a tidy, after the next tidy: %s", c)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 // Usage is counted in memory by verify and flushed to storage by the active
@@ -45,25 +46,25 @@ func usageKeyPath(tenant, id string) string { return usageKeyPrefix + tenant + "
 
 // verifyCodes indexes the per-code counters. The order is the public order
 // of the codes in docs and metrics.
-var verifyCodes = [...]string{codeValid, codeMalformed, codeNotFound, codeExpired, codeTenantSuspended, codeInsufficientScope, codeIPNotAllowed, codeRateLimited}
+var verifyCodes = [...]string{contract.CodeValid, contract.CodeMalformed, contract.CodeNotFound, contract.CodeExpired, contract.CodeTenantSuspended, contract.CodeInsufficientScope, contract.CodeIPNotAllowed, contract.CodeRateLimited}
 
 const numCodes = len(verifyCodes)
 
 func codeIndex(c string) int {
 	switch c {
-	case codeValid:
+	case contract.CodeValid:
 		return 0
-	case codeMalformed:
+	case contract.CodeMalformed:
 		return 1
-	case codeNotFound:
+	case contract.CodeNotFound:
 		return 2
-	case codeExpired:
+	case contract.CodeExpired:
 		return 3
-	case codeTenantSuspended:
+	case contract.CodeTenantSuspended:
 		return 4
-	case codeInsufficientScope:
+	case contract.CodeInsufficientScope:
 		return 5
-	case codeIPNotAllowed:
+	case contract.CodeIPNotAllowed:
 		return 6
 	}
 	return 7
@@ -442,7 +443,7 @@ func (u *usageTracker) tenantOfKey(apiKey string) string {
 // tenant have been seen, no lock but a key shard's read lock, no clock read
 // but one (start is the time verify was given), and shared cache lines
 // written only when a value changes.
-func (b *backend) recordVerify(in *verifyInput, out verifyOutcome, start time.Time) {
+func (b *backend) recordVerify(in *contract.Request, out verifyOutcome, start time.Time) {
 	elapsed := time.Since(start)
 	b.metrics.verifyLatency.observe(elapsed)
 	u := b.usage
@@ -450,7 +451,7 @@ func (b *backend) recordVerify(in *verifyInput, out verifyOutcome, start time.Ti
 	nowNano := start.UnixNano() + int64(elapsed)
 	win := nowNano / int64(cfg.AnomalyWindow)
 
-	if out.Code == codeValid {
+	if out.Code == contract.CodeValid {
 		ck, p := out.Key, out.Key.profile
 		k := u.key(p.tenant, ck.keyID, p.role, &ck.hash)
 		k.tu.codes[0].Add(1)
@@ -494,7 +495,7 @@ func (b *backend) recordVerify(in *verifyInput, out verifyOutcome, start time.Ti
 	t.codes[codeIndex(out.Code)].Add(1)
 	setDirty(&t.dirty)
 	// Rate limiting is the role working as configured, not a sign of attack.
-	if out.Code == codeRateLimited {
+	if out.Code == contract.CodeRateLimited {
 		return
 	}
 	if n := t.failures.add(win); n >= int64(cfg.TenantFailureThreshold) && t.failures.fire(win) {

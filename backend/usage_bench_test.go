@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 // BenchmarkVerifyRecorded is BenchmarkVerify's warm case plus the usage
@@ -20,7 +22,7 @@ func BenchmarkVerifyRecorded(bb *testing.B) {
 			hook := mode != "decision"
 			// Every key seen once, as on a node that has been up a while.
 			for _, k := range m.keys {
-				in := verifyInput{APIKey: k}
+				in := contract.Request{APIKey: k}
 				out, _ := m.b.verify(ctx, m.s, &in, time.Now())
 				m.b.recordVerify(&in, out, time.Now())
 			}
@@ -28,9 +30,9 @@ func BenchmarkVerifyRecorded(bb *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				start := time.Now()
-				in := verifyInput{APIKey: m.keys[i%len(m.keys)], RequiredScopes: scopes}
+				in := contract.Request{APIKey: m.keys[i%len(m.keys)], RequiredScopes: scopes}
 				out, err := m.b.verify(ctx, m.s, &in, start)
-				if err != nil || out.Code != codeValid {
+				if err != nil || out.Code != contract.CodeValid {
 					b.Fatalf("%v %s", err, out.Code)
 				}
 				if hook {
@@ -45,7 +47,7 @@ func BenchmarkVerifyRecorded(bb *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
 			start := time.Now()
-			in := verifyInput{APIKey: miss}
+			in := contract.Request{APIKey: miss}
 			out, _ := m.b.verify(ctx, m.s, &in, start)
 			m.b.recordVerify(&in, out, start)
 		}
@@ -62,7 +64,7 @@ func BenchmarkVerifyRecordedParallel(b *testing.B) {
 		i := 0
 		for pb.Next() {
 			start := time.Now()
-			in := verifyInput{APIKey: m.keys[i%len(m.keys)]}
+			in := contract.Request{APIKey: m.keys[i%len(m.keys)]}
 			out, _ := m.b.verify(ctx, m.s, &in, start)
 			m.b.recordVerify(&in, out, start)
 			i++
@@ -76,9 +78,9 @@ func BenchmarkRecordVerifyHook(b *testing.B) {
 	ctx := context.Background()
 	m := benchPopulation(b, 10_000)
 	outs := make([]verifyOutcome, len(m.keys))
-	ins := make([]verifyInput, len(m.keys))
+	ins := make([]contract.Request, len(m.keys))
 	for i, k := range m.keys {
-		ins[i] = verifyInput{APIKey: k}
+		ins[i] = contract.Request{APIKey: k}
 		outs[i], _ = m.b.verify(ctx, m.s, &ins[i], time.Now())
 		m.b.recordVerify(&ins[i], outs[i], time.Now())
 	}

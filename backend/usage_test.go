@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
 )
 
@@ -26,7 +27,7 @@ func TestVerifyUsageShowsInKeyAndTenantUsage(t *testing.T) {
 
 	before := time.Now().UTC().Truncate(time.Second)
 	for range 4 {
-		if c := verifyReq(t, b, s, map[string]interface{}{"api_key": key}); c != codeValid {
+		if c := verifyReq(t, b, s, map[string]interface{}{"api_key": key}); c != contract.CodeValid {
 			t.Fatal(c)
 		}
 	}
@@ -48,7 +49,7 @@ func TestVerifyUsageShowsInKeyAndTenantUsage(t *testing.T) {
 	u := b.do(t, s, logical.ReadOperation, "tenants/acme/usage", nil).Data
 	byCode := u["verify_by_code"].(map[string]uint64)
 	byRole := u["verify_by_role"].(map[string]uint64)
-	if byCode[codeValid] != 5 || byCode[codeInsufficientScope] != 1 || byCode[codeNotFound] != 1 || byRole["web"] != 4 || byRole["batch"] != 1 {
+	if byCode[contract.CodeValid] != 5 || byCode[contract.CodeInsufficientScope] != 1 || byCode[contract.CodeNotFound] != 1 || byRole["web"] != 4 || byRole["batch"] != 1 {
 		t.Fatalf("by code %v, by role %v", byCode, byRole)
 	}
 	if u["keys_active"] != 2 || u["keys_issued"] != uint64(2) || u["keys_revoked"] != uint64(0) || u["verify_count"] != uint64(7) {
@@ -402,7 +403,7 @@ func TestUsageCountsDuringARecordWriteAreKept(t *testing.T) {
 	b, s := newTestBackend(t)
 	key, id, _ := setupAcme(t, b, s)
 	for range 10 {
-		if c := verifyReq(t, b, s, map[string]interface{}{"api_key": key}); c != codeValid {
+		if c := verifyReq(t, b, s, map[string]interface{}{"api_key": key}); c != contract.CodeValid {
 			t.Fatal(c)
 		}
 	}
@@ -415,7 +416,7 @@ func TestUsageCountsDuringARecordWriteAreKept(t *testing.T) {
 		if k == usageKeyPath("acme", id) {
 			once.Do(func() {
 				for range 5 {
-					if c := verifyReq(t, b, s, map[string]interface{}{"api_key": key}); c != codeValid {
+					if c := verifyReq(t, b, s, map[string]interface{}{"api_key": key}); c != contract.CodeValid {
 						t.Error(c)
 					}
 				}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
@@ -82,7 +83,7 @@ func BenchmarkVerify(bb *testing.B) {
 	for _, n := range []int{10_000, 1_000_000} {
 		m := benchPopulation(bb, n)
 		// Warm the tenant entry once.
-		if _, err := m.b.verify(ctx, m.s, &verifyInput{APIKey: m.keys[0]}, time.Now()); err != nil {
+		if _, err := m.b.verify(ctx, m.s, &contract.Request{APIKey: m.keys[0]}, time.Now()); err != nil {
 			bb.Fatal(err)
 		}
 		bb.Run(fmt.Sprintf("warm/%dk", n/1000), func(b *testing.B) {
@@ -90,9 +91,9 @@ func BenchmarkVerify(bb *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				in := verifyInput{APIKey: m.keys[i%n], RequiredScopes: scopes}
+				in := contract.Request{APIKey: m.keys[i%n], RequiredScopes: scopes}
 				out, err := m.b.verify(ctx, m.s, &in, now)
-				if err != nil || out.Code != codeValid {
+				if err != nil || out.Code != contract.CodeValid {
 					b.Fatalf("%v %s", err, out.Code)
 				}
 			}
@@ -107,8 +108,8 @@ func BenchmarkVerify(bb *testing.B) {
 				now := time.Now()
 				b.ReportAllocs()
 				for i := 0; b.Loop(); i++ {
-					in := verifyInput{APIKey: m.keys[i%w], RequiredScopes: scopes}
-					if out, err := m.b.verify(ctx, m.s, &in, now); err != nil || out.Code != codeValid {
+					in := contract.Request{APIKey: m.keys[i%w], RequiredScopes: scopes}
+					if out, err := m.b.verify(ctx, m.s, &in, now); err != nil || out.Code != contract.CodeValid {
 						b.Fatalf("%v %s", err, out.Code)
 					}
 				}
@@ -121,9 +122,9 @@ func BenchmarkVerify(bb *testing.B) {
 			for i := 0; i < b.N; i++ {
 				// Dropping the entry is part of the timed work (~tens of ns).
 				m.b.cache.deleteKey(m.sums[i%n])
-				in := verifyInput{APIKey: m.keys[i%n], RequiredScopes: scopes}
+				in := contract.Request{APIKey: m.keys[i%n], RequiredScopes: scopes}
 				out, err := m.b.verify(ctx, m.s, &in, now)
-				if err != nil || out.Code != codeValid {
+				if err != nil || out.Code != contract.CodeValid {
 					b.Fatalf("%v %s", err, out.Code)
 				}
 			}
@@ -143,7 +144,7 @@ func BenchmarkVerifyRequest(b *testing.B) {
 			Operation: logical.UpdateOperation, Path: "verify", Storage: m.s,
 			Data: map[string]interface{}{"api_key": m.keys[i%len(m.keys)]},
 		})
-		if err != nil || resp.Data["code"] != codeValid {
+		if err != nil || resp.Data["code"] != contract.CodeValid {
 			b.Fatalf("%v %v", err, resp)
 		}
 	}
@@ -157,8 +158,8 @@ func BenchmarkVerifyMalformed(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		out, _ := m.b.verify(ctx, m.s, &verifyInput{APIKey: bad}, time.Now())
-		if out.Code != codeMalformed {
+		out, _ := m.b.verify(ctx, m.s, &contract.Request{APIKey: bad}, time.Now())
+		if out.Code != contract.CodeMalformed {
 			b.Fatal(out.Code)
 		}
 	}
@@ -174,15 +175,15 @@ func BenchmarkVerifyHitVsMiss(bb *testing.B) {
 	for i := range misses {
 		misses[i] = regenerate(bb, m.keys[0])
 	}
-	m.b.verify(ctx, m.s, &verifyInput{APIKey: misses[0]}, time.Now())
+	m.b.verify(ctx, m.s, &contract.Request{APIKey: misses[0]}, time.Now())
 	waitKnownLoaded(bb, m.b)
 	for name, keys := range map[string][]string{"hit": m.keys, "miss": misses} {
 		bb.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
 			now := time.Now()
 			for i := 0; i < b.N; i++ {
-				out, err := m.b.verify(ctx, m.s, &verifyInput{APIKey: keys[i%len(keys)]}, now)
-				if err != nil || (name == "hit") != (out.Code == codeValid) {
+				out, err := m.b.verify(ctx, m.s, &contract.Request{APIKey: keys[i%len(keys)]}, now)
+				if err != nil || (name == "hit") != (out.Code == contract.CodeValid) {
 					b.Fatalf("%v %s", err, out.Code)
 				}
 			}
@@ -208,7 +209,7 @@ func BenchmarkPluginMemoryPerKey(b *testing.B) {
 	m.b.known.reset()
 	without := heap()
 	for _, k := range m.keys {
-		if out, err := m.b.verify(ctx, m.s, &verifyInput{APIKey: k}, time.Now()); err != nil || out.Code != codeValid {
+		if out, err := m.b.verify(ctx, m.s, &contract.Request{APIKey: k}, time.Now()); err != nil || out.Code != contract.CodeValid {
 			b.Fatalf("%v %s", err, out.Code)
 		}
 	}
@@ -216,7 +217,7 @@ func BenchmarkPluginMemoryPerKey(b *testing.B) {
 	with := heap()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		m.b.verify(ctx, m.s, &verifyInput{APIKey: m.keys[i%n]}, time.Now())
+		m.b.verify(ctx, m.s, &contract.Request{APIKey: m.keys[i%n]}, time.Now())
 	}
 	b.ReportMetric(float64(with-without)/n, "heap-B/key")
 }

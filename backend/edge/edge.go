@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,7 @@ import (
 	"github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
@@ -56,29 +56,12 @@ type Config struct {
 	Registry *prometheus.Registry
 }
 
-// Request is one verify question.
-type Request struct {
-	APIKey string
-	// Tenant, when set, limits the answer to that tenant's keys.
-	Tenant         string
-	RequiredScopes []string
-	ClientIP       netip.Addr
-}
-
-// Answer has the verify path's shape.
-type Answer struct {
-	Valid       bool              `json:"valid"`
-	Code        string            `json:"code"`
-	KeyID       string            `json:"key_id,omitempty"`
-	Tenant      string            `json:"tenant,omitempty"`
-	Role        string            `json:"role,omitempty"`
-	Scopes      []string          `json:"scopes,omitempty"`
-	Environment string            `json:"environment,omitempty"`
-	Metadata    map[string]string `json:"metadata,omitempty"`
-	ExpiresAt   *string           `json:"expires_at,omitempty"`
-	Kind        string            `json:"kind,omitempty"`
-	InGrace     bool              `json:"in_grace,omitempty"`
-}
+// Request is one verify question; Answer has the verify path's shape.
+// Both are the verify contract's, shared with the plugin.
+type (
+	Request = contract.Request
+	Answer  = contract.Answer
+)
 
 // Edge verifies keys from memory. Create it with New, start Run, serve
 // Handler.
@@ -178,8 +161,8 @@ func (e *Edge) Verify(ctx context.Context, r *Request) (Answer, error) {
 func (e *Edge) verify(ctx context.Context, r *Request) (Answer, string, error) {
 	// MALFORMED stays offline, even when stale: the answer does not depend
 	// on Vault.
-	if _, ok := keyformat.Parse(r.APIKey); !ok {
-		return Answer{Code: CodeMalformed}, "local", nil
+	if !contract.WellFormed(r.APIKey) {
+		return contract.Refusal(contract.CodeMalformed), "local", nil
 	}
 	if e.Stale() {
 		return Answer{}, "", ErrStale
@@ -203,43 +186,36 @@ func (e *Edge) verify(ctx context.Context, r *Request) (Answer, string, error) {
 		a, err := e.fallthroughVerify(ctx, r, sum)
 		return a, "vault", err
 	}
-	return decide(k, status, r, now), "local", nil
-}
-
-// decide mirrors backend.verify's order of checks, so both answer alike.
-func decide(k *key, status string, r *Request, now time.Time) Answer {
-	if r.Tenant != "" && k.w.Tenant != r.Tenant {
-		return Answer{Code: CodeNotFound}
+	// The tenant's status was read with the key, under one lock, so the
+	// decision sees the two from the same moment of the feed.
+	code, err := contract.Decide(ctx, edgeStore{status: status}, r, &k.facts, k, now)
+	if err != nil {
+		return Answer{}, "", err
 	}
-	if k.expiresAt != 0 && now.UnixNano() >= k.expiresAt {
-		return Answer{Code: CodeExpired}
-	}
-	if status == "" {
-		return Answer{Code: CodeNotFound}
-	}
-	if status == tenantSuspended {
-		return Answer{Code: CodeTenantSuspended}
-	}
-	if !k.allowsIP(r.ClientIP) {
-		return Answer{Code: CodeIPNotAllowed}
-	}
-	if !k.hasScopes(r.RequiredScopes) {
-		return Answer{Code: CodeInsufficientScope}
-	}
-	if k.limiter != nil && !k.limiter.AllowN(now, 1) {
-		return Answer{Code: CodeRateLimited}
+	if code != contract.CodeValid {
+		return contract.Refusal(code), "local", nil
 	}
 	k.markUsed(now)
 	w := k.w
-	a := Answer{
-		Valid: true, Code: CodeValid, KeyID: w.KeyID, Tenant: w.Tenant, Role: w.Role,
-		Scopes: w.Scopes, Environment: w.Environment, Metadata: w.Metadata, Kind: w.Kind, InGrace: w.InGrace,
+	return Answer{
+		Valid: true, Code: contract.CodeValid, KeyID: w.KeyID, Tenant: w.Tenant, Role: w.Role,
+		Scopes: w.Scopes, Environment: w.Environment, Metadata: w.Metadata,
+		ExpiresAt: contract.Expiry(k.facts.ExpiresAt), Kind: w.Kind, InGrace: w.InGrace,
+	}, "local", nil
+}
+
+// edgeStore is the verify contract's Store over the edge's memory: the
+// tenant status read with the key, and the key's own token bucket (per
+// edge, as the plugin's are per Vault node).
+type edgeStore struct{ status string }
+
+func (st edgeStore) TenantStatus(context.Context, string) (string, error) { return st.status, nil }
+
+func (edgeStore) Spend(k *key, now time.Time) string {
+	if k.limiter != nil && !k.limiter.AllowN(now, 1) {
+		return contract.CodeRateLimited
 	}
-	if w.ExpiresAt != "" {
-		exp := time.Unix(0, k.expiresAt).UTC().Format(time.RFC3339)
-		a.ExpiresAt = &exp
-	}
-	return a
+	return ""
 }
 
 // fallthroughVerify asks Vault about a key the edge does not hold: one
@@ -248,7 +224,7 @@ func (e *Edge) fallthroughVerify(ctx context.Context, r *Request, sum [32]byte) 
 	nk := negKey{hash: sum, tenant: r.Tenant}
 	if e.neg.has(nk, e.now()) {
 		e.m.negativeHits.Inc()
-		return Answer{Code: CodeNotFound}, nil
+		return contract.Refusal(contract.CodeNotFound), nil
 	}
 	data := map[string]interface{}{"api_key": r.APIKey}
 	if r.Tenant != "" {
@@ -273,7 +249,7 @@ func (e *Edge) fallthroughVerify(ctx context.Context, r *Request, sum [32]byte) 
 	if err := remarshal(sec.Data, &a); err != nil {
 		return Answer{}, fmt.Errorf("%w: decode verify answer: %w", ErrUnavailable, err)
 	}
-	if a.Code == CodeNotFound {
+	if a.Code == contract.CodeNotFound {
 		e.neg.add(nk, e.now())
 	}
 	return a, nil

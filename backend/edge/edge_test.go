@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
@@ -39,7 +40,7 @@ func offlineEdge(t testing.TB) (*Edge, *keyformat.Hasher) {
 	return e, h
 }
 
-func addKey(t testing.TB, e *Edge, h *keyformat.Hasher, w wireKey) string {
+func addKey(t testing.TB, e *Edge, h *keyformat.Hasher, w contract.WireKey) string {
 	t.Helper()
 	k, err := keyformat.Generate("ak", "live")
 	if err != nil {
@@ -47,7 +48,7 @@ func addKey(t testing.TB, e *Edge, h *keyformat.Hasher, w wireKey) string {
 	}
 	sum := h.Sum(k)
 	w.EdgeHash = hex.EncodeToString(sum[:])
-	if err := e.store.apply([]wireChange{{Seq: 1, Op: "upsert", Key: &w}}, e.store.currentSeq()+1); err != nil {
+	if err := e.store.apply([]*contract.Change{{Seq: 1, Op: "upsert", Key: &w}}, e.store.currentSeq()+1); err != nil {
 		t.Fatal(err)
 	}
 	return k
@@ -55,29 +56,29 @@ func addKey(t testing.TB, e *Edge, h *keyformat.Hasher, w wireKey) string {
 
 func TestDecideMatchesVerifyCodes(t *testing.T) {
 	e, h := offlineEdge(t)
-	valid := addKey(t, e, h, wireKey{KeyID: "k1", Tenant: "acme", Role: "web", Scopes: []string{"write", "read"}})
-	expired := addKey(t, e, h, wireKey{KeyID: "k2", Tenant: "acme", ExpiresAt: time.Now().Add(-time.Second).Format(time.RFC3339Nano)})
-	suspended := addKey(t, e, h, wireKey{KeyID: "k3", Tenant: "globex"})
-	cidr := addKey(t, e, h, wireKey{KeyID: "k4", Tenant: "acme", AllowedCIDRs: []string{"10.0.0.0/8"}})
-	limited := addKey(t, e, h, wireKey{KeyID: "k5", Tenant: "acme", RateLimit: 1, RateLimitPeriod: 3600})
-	orphan := addKey(t, e, h, wireKey{KeyID: "k6", Tenant: "gone"})
+	valid := addKey(t, e, h, contract.WireKey{KeyID: "k1", Tenant: "acme", Role: "web", Scopes: []string{"write", "read"}})
+	expired := addKey(t, e, h, contract.WireKey{KeyID: "k2", Tenant: "acme", ExpiresAt: time.Now().Add(-time.Second).Format(time.RFC3339Nano)})
+	suspended := addKey(t, e, h, contract.WireKey{KeyID: "k3", Tenant: "globex"})
+	cidr := addKey(t, e, h, contract.WireKey{KeyID: "k4", Tenant: "acme", AllowedCIDRs: []string{"10.0.0.0/8"}})
+	limited := addKey(t, e, h, contract.WireKey{KeyID: "k5", Tenant: "acme", RateLimit: 1, RateLimitPeriod: 3600})
+	orphan := addKey(t, e, h, contract.WireKey{KeyID: "k6", Tenant: "gone"})
 	cases := []struct {
 		name string
 		req  Request
 		code string
 	}{
-		{"valid", Request{APIKey: valid, RequiredScopes: []string{"read"}}, CodeValid},
-		{"malformed", Request{APIKey: valid + "x"}, CodeMalformed},
-		{"missing scope", Request{APIKey: valid, RequiredScopes: []string{"admin"}}, CodeInsufficientScope},
-		{"other tenant", Request{APIKey: valid, Tenant: "globex"}, CodeNotFound},
-		{"expired", Request{APIKey: expired}, CodeExpired},
-		{"suspended", Request{APIKey: suspended}, CodeTenantSuspended},
-		{"ip outside", Request{APIKey: cidr, ClientIP: netip.MustParseAddr("192.0.2.1")}, CodeIPNotAllowed},
-		{"no ip", Request{APIKey: cidr}, CodeIPNotAllowed},
-		{"ip inside", Request{APIKey: cidr, ClientIP: netip.MustParseAddr("::ffff:10.1.2.3")}, CodeValid},
-		{"within limit", Request{APIKey: limited}, CodeValid},
-		{"over limit", Request{APIKey: limited}, CodeRateLimited},
-		{"tenant deleted", Request{APIKey: orphan}, CodeNotFound},
+		{"valid", Request{APIKey: valid, RequiredScopes: []string{"read"}}, contract.CodeValid},
+		{"malformed", Request{APIKey: valid + "x"}, contract.CodeMalformed},
+		{"missing scope", Request{APIKey: valid, RequiredScopes: []string{"admin"}}, contract.CodeInsufficientScope},
+		{"other tenant", Request{APIKey: valid, Tenant: "globex"}, contract.CodeNotFound},
+		{"expired", Request{APIKey: expired}, contract.CodeExpired},
+		{"suspended", Request{APIKey: suspended}, contract.CodeTenantSuspended},
+		{"ip outside", Request{APIKey: cidr, ClientIP: netip.MustParseAddr("192.0.2.1")}, contract.CodeIPNotAllowed},
+		{"no ip", Request{APIKey: cidr}, contract.CodeIPNotAllowed},
+		{"ip inside", Request{APIKey: cidr, ClientIP: netip.MustParseAddr("::ffff:10.1.2.3")}, contract.CodeValid},
+		{"within limit", Request{APIKey: limited}, contract.CodeValid},
+		{"over limit", Request{APIKey: limited}, contract.CodeRateLimited},
+		{"tenant deleted", Request{APIKey: orphan}, contract.CodeNotFound},
 	}
 	for _, c := range cases {
 		a, err := e.Verify(context.Background(), &c.req)
@@ -87,7 +88,7 @@ func TestDecideMatchesVerifyCodes(t *testing.T) {
 	}
 	// A tombstone removes the key; the next check falls through to Vault,
 	// which is unreachable here: 503, never a stale VALID.
-	if err := e.store.apply([]wireChange{{Seq: 9, Op: "delete", KeyID: "k1"}}, 9); err != nil {
+	if err := e.store.apply([]*contract.Change{{Seq: 9, Op: "delete", KeyID: "k1"}}, 9); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Verify(context.Background(), &Request{APIKey: valid}); err == nil {
@@ -97,10 +98,10 @@ func TestDecideMatchesVerifyCodes(t *testing.T) {
 
 func TestStaleEdgeFailsClosed(t *testing.T) {
 	e, h := offlineEdge(t)
-	k := addKey(t, e, h, wireKey{KeyID: "k1", Tenant: "acme"})
+	k := addKey(t, e, h, contract.WireKey{KeyID: "k1", Tenant: "acme"})
 	now := time.Now()
 	e.now = func() time.Time { return now.Add(59 * time.Second) }
-	if a, err := e.Verify(context.Background(), &Request{APIKey: k}); err != nil || a.Code != CodeValid {
+	if a, err := e.Verify(context.Background(), &Request{APIKey: k}); err != nil || a.Code != contract.CodeValid {
 		t.Fatalf("inside the bound: %s %v", a.Code, err)
 	}
 	e.now = func() time.Time { return now.Add(61 * time.Second) }
@@ -128,7 +129,7 @@ func TestStaleEdgeFailsClosed(t *testing.T) {
 
 func TestMiddlewareHeadersAndStatus(t *testing.T) {
 	e, h := offlineEdge(t)
-	k := addKey(t, e, h, wireKey{KeyID: "k1", Tenant: "acme", Role: "web", Scopes: []string{"read"}, AllowedCIDRs: []string{"203.0.113.0/24"}})
+	k := addKey(t, e, h, contract.WireKey{KeyID: "k1", Tenant: "acme", Role: "web", Scopes: []string{"read"}, AllowedCIDRs: []string{"203.0.113.0/24"}})
 	var seen Answer
 	handler := Middleware(e, HTTPOptions{KeyHeader: "X-Api-Key", TrustForwarded: true})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen, _ = AnswerFrom(r.Context())
@@ -140,11 +141,11 @@ func TestMiddlewareHeadersAndStatus(t *testing.T) {
 		code   string
 	}{
 		{"no key", nil, 401, "MISSING"},
-		{"header key, forwarded ip", map[string]string{"X-Api-Key": k, "X-Forwarded-For": "198.51.100.1, 203.0.113.7"}, 200, CodeValid},
-		{"bearer, real ip", map[string]string{"Authorization": "Bearer " + k, "X-Real-IP": "203.0.113.9"}, 200, CodeValid},
-		{"ip not allowed", map[string]string{"Authorization": "Bearer " + k}, 403, CodeIPNotAllowed},
-		{"scope", map[string]string{"X-Api-Key": k, "X-Real-IP": "203.0.113.9", DefaultScopesHeader: "read,admin"}, 403, CodeInsufficientScope},
-		{"malformed", map[string]string{"X-Api-Key": "nope"}, 401, CodeMalformed},
+		{"header key, forwarded ip", map[string]string{"X-Api-Key": k, "X-Forwarded-For": "198.51.100.1, 203.0.113.7"}, 200, contract.CodeValid},
+		{"bearer, real ip", map[string]string{"Authorization": "Bearer " + k, "X-Real-IP": "203.0.113.9"}, 200, contract.CodeValid},
+		{"ip not allowed", map[string]string{"Authorization": "Bearer " + k}, 403, contract.CodeIPNotAllowed},
+		{"scope", map[string]string{"X-Api-Key": k, "X-Real-IP": "203.0.113.9", DefaultScopesHeader: "read,admin"}, 403, contract.CodeInsufficientScope},
+		{"malformed", map[string]string{"X-Api-Key": "nope"}, 401, contract.CodeMalformed},
 	}
 	for _, c := range cases {
 		r := httptest.NewRequest(http.MethodPost, "/anything", nil)
@@ -167,7 +168,7 @@ func TestMiddlewareHeadersAndStatus(t *testing.T) {
 // BenchmarkEdgeCheck is the whole /check handler on a key held in memory.
 func BenchmarkEdgeCheck(b *testing.B) {
 	e, h := offlineEdge(b)
-	k := addKey(b, e, h, wireKey{KeyID: "k1", Tenant: "acme", Role: "web", Scopes: []string{"read", "write"}})
+	k := addKey(b, e, h, contract.WireKey{KeyID: "k1", Tenant: "acme", Role: "web", Scopes: []string{"read", "write"}})
 	handler := e.Handler(HTTPOptions{})
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
@@ -187,7 +188,7 @@ func BenchmarkEdgeCheck(b *testing.B) {
 // BenchmarkEdgeVerify is the decision alone.
 func BenchmarkEdgeVerify(b *testing.B) {
 	e, h := offlineEdge(b)
-	k := addKey(b, e, h, wireKey{KeyID: "k1", Tenant: "acme", Role: "web", Scopes: []string{"read", "write"}})
+	k := addKey(b, e, h, contract.WireKey{KeyID: "k1", Tenant: "acme", Role: "web", Scopes: []string{"read", "write"}})
 	req := &Request{APIKey: k, RequiredScopes: []string{"read"}}
 	ctx := context.Background()
 	b.ReportAllocs()

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 // Response headers of the check endpoint and the middleware.
@@ -86,7 +87,7 @@ func Middleware(v Verifier, opts HTTPOptions) func(http.Handler) http.Handler {
 func check(v Verifier, opts HTTPOptions, r *http.Request) (Answer, int) {
 	req := Request{APIKey: presentedKey(r, opts.KeyHeader)}
 	if req.APIKey == "" {
-		return Answer{Code: "MISSING"}, http.StatusUnauthorized
+		return contract.Refusal(contract.CodeMissing), http.StatusUnauthorized
 	}
 	q := r.URL.Query()
 	scopes := r.Header.Get(opts.ScopesHeader)
@@ -105,26 +106,13 @@ func check(v Verifier, opts HTTPOptions, r *http.Request) (Answer, int) {
 	req.ClientIP = clientIP(r, opts.TrustForwarded)
 	a, err := v.Verify(r.Context(), &req)
 	if err != nil {
-		code := "UNAVAILABLE"
+		code := contract.CodeUnavailable
 		if errors.Is(err, ErrStale) {
-			code = "STALE"
+			code = contract.CodeStale
 		}
-		return Answer{Code: code}, http.StatusServiceUnavailable
+		return contract.Refusal(code), contract.HTTPStatus(code)
 	}
-	return a, statusOf(a.Code)
-}
-
-func statusOf(code string) int {
-	switch code {
-	case CodeValid:
-		return http.StatusOK
-	case CodeInsufficientScope, CodeIPNotAllowed:
-		return http.StatusForbidden
-	case CodeRateLimited:
-		return http.StatusTooManyRequests
-	default:
-		return http.StatusUnauthorized
-	}
+	return a, contract.HTTPStatus(a.Code)
 }
 
 func presentedKey(r *http.Request, header string) string {

@@ -15,57 +15,18 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
-// Verify answer codes, the same as the verify path's.
-const (
-	CodeValid             = "VALID"
-	CodeMalformed         = "MALFORMED"
-	CodeNotFound          = "NOT_FOUND"
-	CodeExpired           = "EXPIRED"
-	CodeTenantSuspended   = "TENANT_SUSPENDED"
-	CodeInsufficientScope = "INSUFFICIENT_SCOPE"
-	CodeIPNotAllowed      = "IP_NOT_ALLOWED"
-	CodeRateLimited       = "RATE_LIMITED"
-
-	tenantSuspended = "suspended"
-	tenantDeleted   = "deleted"
-)
-
-// wireKey is one key as the sync paths send it (backend/edge_sync.go).
-type wireKey struct {
-	EdgeHash        string            `json:"edge_hash"`
-	KeyID           string            `json:"key_id"`
-	Tenant          string            `json:"tenant"`
-	Role            string            `json:"role"`
-	Kind            string            `json:"kind"`
-	Environment     string            `json:"environment"`
-	Scopes          []string          `json:"scopes"`
-	AllowedCIDRs    []string          `json:"allowed_cidrs"`
-	RateLimit       int               `json:"rate_limit"`
-	RateLimitPeriod int64             `json:"rate_limit_period"`
-	Metadata        map[string]string `json:"metadata"`
-	ExpiresAt       string            `json:"expires_at"`
-	InGrace         bool              `json:"in_grace"`
-}
-
-type wireChange struct {
-	Seq          uint64   `json:"seq"`
-	Op           string   `json:"op"`
-	Key          *wireKey `json:"key"`
-	KeyID        string   `json:"key_id"`
-	Tenant       string   `json:"tenant"`
-	TenantStatus string   `json:"tenant_status"`
-}
-
-// key is a wireKey prepared once for verification.
+// key is a contract.WireKey prepared once for verification.
 type key struct {
-	w         *wireKey
-	hash      [32]byte
-	cidrs     []netip.Prefix
-	expiresAt int64 // unix nanoseconds; 0 never
-	limiter   *rate.Limiter
+	w    *contract.WireKey
+	hash [32]byte
+	// facts is what contract.Decide reads: tenant, expiry, sorted scopes,
+	// parsed CIDRs.
+	facts   contract.Key
+	limiter *rate.Limiter
 
 	// used and lastUsed (unix seconds) feed usage/report (usage.go).
 	used     atomic.Uint64
@@ -81,8 +42,8 @@ func (k *key) markUsed(now time.Time) {
 	}
 }
 
-func newKey(w *wireKey) (*key, error) {
-	k := &key{w: w}
+func newKey(w *contract.WireKey) (*key, error) {
+	k := &key{w: w, facts: contract.Key{Tenant: w.Tenant}}
 	b, err := hex.DecodeString(w.EdgeHash)
 	if err != nil || len(b) != len(k.hash) {
 		return nil, fmt.Errorf("key %q: bad edge hash", w.KeyID)
@@ -93,27 +54,24 @@ func newKey(w *wireKey) (*key, error) {
 		if err != nil {
 			return nil, fmt.Errorf("key %q: expires_at: %w", w.KeyID, err)
 		}
-		k.expiresAt = t.UnixNano()
+		k.facts.ExpiresAt = t.UnixNano()
 	}
 	for _, c := range w.AllowedCIDRs {
 		p, err := netip.ParsePrefix(c)
 		if err != nil {
 			return nil, fmt.Errorf("key %q: allowed_cidrs: %w", w.KeyID, err)
 		}
-		k.cidrs = append(k.cidrs, p)
+		k.facts.CIDRs = append(k.facts.CIDRs, p)
 	}
 	w.Scopes = slices.Clone(w.Scopes)
 	slices.Sort(w.Scopes)
+	k.facts.Scopes = w.Scopes
 	if w.RateLimit > 0 && w.RateLimitPeriod > 0 {
 		// Per edge, as the plugin's limits are per Vault node.
 		k.limiter = rate.NewLimiter(rate.Limit(float64(w.RateLimit)/float64(w.RateLimitPeriod)), w.RateLimit)
 	}
 	return k, nil
 }
-
-func (k *key) allowsIP(ip netip.Addr) bool { return keyformat.AllowsIP(k.cidrs, ip) }
-
-func (k *key) hasScopes(required []string) bool { return keyformat.HasScopes(k.w.Scopes, required) }
 
 // store is the in-memory copy of the mount. Readers take the read lock
 // only; the sync loop is the only writer.
@@ -164,7 +122,7 @@ func (s *store) deleteLocked(id string) {
 }
 
 func (s *store) setTenantLocked(name, status string) {
-	if status == tenantDeleted {
+	if status == contract.TenantDeleted {
 		delete(s.tenants, name)
 		return
 	}
@@ -173,12 +131,12 @@ func (s *store) setTenantLocked(name, status string) {
 
 // apply applies changes in order; a change whose key cannot be parsed is an
 // error, so the caller resyncs instead of silently missing a key.
-func (s *store) apply(changes []wireChange, seq uint64) error {
+func (s *store) apply(changes []*contract.Change, seq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range changes {
 		switch c.Op {
-		case "upsert":
+		case contract.OpUpsert:
 			if c.Key == nil {
 				return fmt.Errorf("change %d: upsert without a key", c.Seq)
 			}
@@ -187,9 +145,9 @@ func (s *store) apply(changes []wireChange, seq uint64) error {
 				return fmt.Errorf("change %d: %w", c.Seq, err)
 			}
 			s.upsertLocked(k)
-		case "delete":
+		case contract.OpDelete:
 			s.deleteLocked(c.KeyID)
-		case "tenant":
+		case contract.OpTenant:
 			s.setTenantLocked(c.Tenant, c.TenantStatus)
 		default:
 			return fmt.Errorf("change %d: unknown op %q", c.Seq, c.Op)

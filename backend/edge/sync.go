@@ -11,22 +11,9 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
-
-type snapshotPage struct {
-	Seq         uint64            `json:"seq"`
-	VerifierKey string            `json:"verifier_key"`
-	Keys        []*wireKey        `json:"keys"`
-	Next        string            `json:"next"`
-	Tenants     map[string]string `json:"tenants"`
-}
-
-type changesPage struct {
-	Changes []wireChange `json:"changes"`
-	Seq     uint64       `json:"seq"`
-	Head    uint64       `json:"head"`
-}
 
 var errResync = errors.New("feed compacted past our position: resync")
 
@@ -99,7 +86,7 @@ func (e *Edge) loadSnapshot(ctx context.Context) error {
 		if sec == nil {
 			return errors.New("read sync/snapshot: empty answer")
 		}
-		var p snapshotPage
+		var p contract.SnapshotPage
 		if err := remarshal(sec.Data, &p); err != nil {
 			return fmt.Errorf("sync/snapshot: %w", err)
 		}
@@ -155,7 +142,7 @@ func (e *Edge) pollChanges(ctx context.Context) error {
 	if sec == nil {
 		return errors.New("read sync/changes: empty answer")
 	}
-	var p changesPage
+	var p contract.ChangesPage
 	if err := remarshal(sec.Data, &p); err != nil {
 		return fmt.Errorf("sync/changes: %w", err)
 	}
