@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
@@ -59,6 +60,10 @@ type backend struct {
 	// config is the mount config as the tenant guard reads it.
 	config configCache
 
+	// clock is verify's time (expiry, rate limits); time.Now but in tests
+	// that decide at a chosen moment.
+	clock func() time.Time
+
 	// monitoring: usage counters, metrics, notifications (notifications.go).
 	*monitoring
 }
@@ -82,6 +87,7 @@ func newBackend() *backend {
 		cache:       newVerifyCache(),
 		limiter:     newRateLimiter(),
 		rotations:   newRotationEngine(),
+		clock:       time.Now,
 	}
 	b.stopCtx, b.stop = context.WithCancel(context.Background())
 	b.monitoring = newMonitoring(b)

@@ -12,11 +12,10 @@ import (
 	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 const (
-	// maxReportEntries bounds one usage/report batch.
-	maxReportEntries = 1000
 	// maxUsageKeys bounds the keys one usage read looks at; a bigger tenant
 	// gets its totals and a truncated key list.
 	maxUsageKeys      = 10_000
@@ -268,8 +267,8 @@ func (b *backend) pathUsageReport(ctx context.Context, req *logical.Request, d *
 	if len(list) == 0 {
 		return logical.ErrorResponse("reports must hold at least one entry"), nil
 	}
-	if len(list) > maxReportEntries {
-		return logical.ErrorResponse("reports must hold at most %d entries, got %d", maxReportEntries, len(list)), nil
+	if len(list) > contract.MaxUsageReports {
+		return logical.ErrorResponse("reports must hold at most %d entries, got %d", contract.MaxUsageReports, len(list)), nil
 	}
 	reports := make([]gatewayReport, len(list))
 	for i, item := range list {

@@ -141,7 +141,7 @@ func (b *backend) handleVerify(ctx context.Context, req *logical.Request, d *fra
 		in.ClientIP = addr
 	}
 
-	now := time.Now()
+	now := b.clock()
 	out, err := b.verify(ctx, req.Storage, &in, now)
 	if err != nil {
 		return nil, err

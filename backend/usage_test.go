@@ -226,7 +226,7 @@ func TestGatewayReportsCountPerKeyAndRefuseForeignKeys(t *testing.T) {
 			t.Errorf("%v: want a 400 naming %s, got %v", tc.reports, tc.want, err)
 		}
 	}
-	big := make([]interface{}, maxReportEntries+1)
+	big := make([]interface{}, contract.MaxUsageReports+1)
 	for i := range big {
 		big[i] = map[string]interface{}{"tenant": "acme", "key_id": id, "requests": 1}
 	}

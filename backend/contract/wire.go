@@ -47,7 +47,8 @@ type Change struct {
 
 // SnapshotPage is one page of sync/snapshot. Seq is the feed position the
 // snapshot starts from; Next the cursor of the following page ("" on the
-// last); VerifierKey (base64) and Tenants come on the first page only.
+// last); VerifierKey (base64) comes on every page, Tenants on the first
+// (after="") only.
 type SnapshotPage struct {
 	Seq         uint64            `json:"seq"`
 	VerifierKey string            `json:"verifier_key"`
@@ -82,6 +83,9 @@ type ChangesPage struct {
 func (p *ChangesPage) Data() map[string]interface{} {
 	return map[string]interface{}{"changes": p.Changes, "seq": p.Seq, "head": p.Head}
 }
+
+// MaxUsageReports is the most entries one usage/report request may hold.
+const MaxUsageReports = 1000
 
 // UsageReport is one entry of usage/report: traffic a gateway or edge
 // served with one key since its last report.

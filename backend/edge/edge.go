@@ -54,6 +54,9 @@ type Config struct {
 	Logger        hclog.Logger
 	// Registry receives the edge's metrics; nil makes a private one.
 	Registry *prometheus.Registry
+	// Now is the edge's clock (expiry, rate limits, staleness); nil is
+	// time.Now. Tests set it to decide at a chosen moment.
+	Now func() time.Time
 }
 
 // Request is one verify question; Answer has the verify path's shape.
@@ -118,7 +121,10 @@ func New(cfg Config) (*Edge, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	e := &Edge{cfg: cfg, log: cfg.Logger, store: newStore(), client: cfg.Client, now: time.Now}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	e := &Edge{cfg: cfg, log: cfg.Logger, store: newStore(), client: cfg.Client, now: cfg.Now}
 	e.neg = newNegCache(cfg.NegativeMax, cfg.NegativeTTL)
 	e.m = newMetrics(cfg.Registry, e)
 	return e, nil

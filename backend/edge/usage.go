@@ -4,17 +4,9 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
-
-// maxReportBatch is usage/report's limit per request.
-const maxReportBatch = 1000
-
-type usageEntry struct {
-	Tenant     string `json:"tenant"`
-	KeyID      string `json:"key_id"`
-	Requests   uint64 `json:"requests"`
-	LastUsedAt int64  `json:"last_used_at"`
-}
 
 // startUsageReports sends, every UsageInterval and once more at the end,
 // what keys verified from memory were used, so the mount's usage (last
@@ -40,14 +32,14 @@ func (e *Edge) startUsageReports(ctx context.Context) func() {
 	return func() { <-done }
 }
 
-func (e *Edge) collectUsage() []usageEntry {
+func (e *Edge) collectUsage() []contract.UsageReport {
 	s := e.store
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	var out []usageEntry
+	var out []contract.UsageReport
 	for _, k := range s.byHash {
 		if n := k.used.Swap(0); n > 0 {
-			out = append(out, usageEntry{Tenant: k.w.Tenant, KeyID: k.w.KeyID, Requests: n, LastUsedAt: k.lastUsed.Load()})
+			out = append(out, contract.UsageReport{Tenant: k.w.Tenant, KeyID: k.w.KeyID, Requests: n, LastUsedAt: k.lastUsed.Load()})
 		}
 	}
 	return out
@@ -55,7 +47,7 @@ func (e *Edge) collectUsage() []usageEntry {
 
 // giveBack returns counts that could not be sent, so the next report
 // carries them.
-func (e *Edge) giveBack(entries []usageEntry) {
+func (e *Edge) giveBack(entries []contract.UsageReport) {
 	s := e.store
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -69,7 +61,7 @@ func (e *Edge) giveBack(entries []usageEntry) {
 func (e *Edge) reportUsage(ctx context.Context) {
 	entries := e.collectUsage()
 	for len(entries) > 0 {
-		n := min(len(entries), maxReportBatch)
+		n := min(len(entries), contract.MaxUsageReports)
 		batch := entries[:n]
 		entries = entries[n:]
 		if err := e.sendUsage(ctx, batch); err != nil {
@@ -83,7 +75,7 @@ func (e *Edge) reportUsage(ctx context.Context) {
 	}
 }
 
-func (e *Edge) sendUsage(ctx context.Context, batch []usageEntry) error {
+func (e *Edge) sendUsage(ctx context.Context, batch []contract.UsageReport) error {
 	reports := make([]interface{}, len(batch))
 	for i, u := range batch {
 		reports[i] = u

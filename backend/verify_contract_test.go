@@ -1,0 +1,251 @@
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
+)
+
+// testClock is a clock a test moves by hand; the plugin's verify and the
+// edge both read it.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+// serveMount answers the Vault HTTP API for one mount with the backend's
+// own HandleRequest, so a real edge syncs from, and falls through to, the
+// real plugin paths in process. It carries requests, nothing more: Vault's
+// own behaviour (leases, policies) is what the acceptance tests check
+// against a real server.
+func serveMount(t testing.TB, b *backend, s logical.Storage, mount string) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reply := func(status int, body interface{}) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			_ = json.NewEncoder(w).Encode(body)
+		}
+		if r.URL.Path == "/v1/auth/token/lookup-self" {
+			reply(http.StatusOK, map[string]interface{}{"data": map[string]interface{}{"ttl": 0, "renewable": false}})
+			return
+		}
+		path, ok := strings.CutPrefix(r.URL.Path, "/v1/"+mount+"/")
+		if !ok {
+			reply(http.StatusNotFound, map[string]interface{}{"errors": []string{"no handler for " + r.URL.Path}})
+			return
+		}
+		req := &logical.Request{Path: path, Storage: s, Data: map[string]interface{}{}}
+		switch r.Method {
+		case http.MethodGet:
+			req.Operation = logical.ReadOperation
+			for k, v := range r.URL.Query() {
+				req.Data[k] = v[0]
+			}
+		case http.MethodPut, http.MethodPost:
+			req.Operation = logical.UpdateOperation
+			dec := json.NewDecoder(r.Body)
+			dec.UseNumber()
+			if err := dec.Decode(&req.Data); err != nil {
+				reply(http.StatusBadRequest, map[string]interface{}{"errors": []string{err.Error()}})
+				return
+			}
+		default:
+			reply(http.StatusMethodNotAllowed, nil)
+			return
+		}
+		resp, err := b.HandleRequest(r.Context(), req)
+		var coded logical.HTTPCodedError
+		switch {
+		case errors.As(err, &coded):
+			reply(coded.Code(), map[string]interface{}{"errors": []string{coded.Error()}})
+		case err != nil:
+			reply(http.StatusInternalServerError, map[string]interface{}{"errors": []string{err.Error()}})
+		case resp == nil:
+			w.WriteHeader(http.StatusNoContent)
+		case resp.IsError():
+			reply(http.StatusBadRequest, map[string]interface{}{"errors": []string{resp.Error().Error()}})
+		default:
+			reply(http.StatusOK, map[string]interface{}{"data": resp.Data})
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestPluginAndEdgeAnswerAlike runs every verify case through the plugin's
+// verify path and through an edge synced from it, and requires the same
+// answer, field for field, from both.
+func TestPluginAndEdgeAnswerAlike(t *testing.T) {
+	b, s := newTestBackend(t)
+	start := time.Now().Truncate(time.Second)
+	clock := &testClock{t: start}
+	b.clock = clock.Now
+
+	write := func(path string, data map[string]interface{}) *logical.Response {
+		return b.do(t, s, logical.UpdateOperation, path, data)
+	}
+	create := func(path string, data map[string]interface{}) {
+		b.do(t, s, logical.CreateOperation, path, data)
+	}
+	issue := func(tenant, role string, data map[string]interface{}) string {
+		return write("tenants/"+tenant+"/creds/"+role, data).Data["api_key"].(string)
+	}
+	create("tenants/acme", map[string]interface{}{})
+	create("tenants/acme/roles/web", map[string]interface{}{"scopes": "read,write", "ttl": "1h", "metadata": "tier=gold"})
+	create("tenants/acme/roles/office", map[string]interface{}{"scopes": "read", "ttl": "1h", "allowed_cidrs": "10.0.0.0/8,2001:db8::/32"})
+	create("tenants/acme/roles/limited", map[string]interface{}{"ttl": "1h", "rate_limit": 2, "rate_limit_period": "1h"})
+	create("tenants/acme/roles/short", map[string]interface{}{"ttl": "1m"})
+	web := issue("acme", "web", map[string]interface{}{"name": "ci", "metadata": "owner=ops"})
+	narrow := issue("acme", "web", map[string]interface{}{"scopes": "read"})
+	office := issue("acme", "office", nil)
+	limited := issue("acme", "limited", nil)
+	short := issue("acme", "short", nil)
+	revokedResp := write("tenants/acme/creds/web", nil)
+	revoked := revokedResp.Data["api_key"].(string)
+	b.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+revokedResp.Data["key_id"].(string), nil)
+
+	create("tenants/acme/static-keys/app", map[string]interface{}{"role": "web", "rotation_period": "1h", "grace_period": "10m"})
+	previous := b.do(t, s, logical.ReadOperation, "tenants/acme/static-creds/app", nil).Data["api_key"].(string)
+	write("tenants/acme/static-keys/app/rotate", nil)
+	current := b.do(t, s, logical.ReadOperation, "tenants/acme/static-creds/app", nil).Data["api_key"].(string)
+
+	create("tenants/globex", map[string]interface{}{})
+	create("tenants/globex/roles/web", map[string]interface{}{"ttl": "1h"})
+	globex := issue("globex", "web", nil)
+	write("tenants/globex", map[string]interface{}{"status": contract.TenantSuspended})
+
+	srv := serveMount(t, b, s, "apikeys")
+	cfg := api.DefaultConfig()
+	cfg.Address = srv.URL
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.SetToken("in-process")
+	e, err := edge.New(edge.Config{
+		Client: client, Mount: "apikeys", Now: clock.Now,
+		// The clock is moved by hand below; the edge must not go stale
+		// for it.
+		Staleness: 24 * time.Hour, PollWait: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { defer close(ran); _ = e.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-ran })
+	deadline := time.Now().Add(10 * time.Second)
+	for e.Stale() {
+		if time.Now().After(deadline) {
+			t.Fatal("the edge did not load its snapshot")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	unknown := regenerate(t, web)
+	inside, outside, v6 := netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::7")
+	cases := []struct {
+		name string
+		req  contract.Request
+		at   time.Duration // from start
+		want string
+	}{
+		{"valid", contract.Request{APIKey: web}, 0, contract.CodeValid},
+		{"valid with held scopes", contract.Request{APIKey: web, RequiredScopes: []string{"write", "read"}}, 0, contract.CodeValid},
+		{"missing scope", contract.Request{APIKey: web, RequiredScopes: []string{"admin"}}, 0, contract.CodeInsufficientScope},
+		{"narrowed at issue", contract.Request{APIKey: narrow, RequiredScopes: []string{"write"}}, 0, contract.CodeInsufficientScope},
+		{"malformed", contract.Request{APIKey: web + "x"}, 0, contract.CodeMalformed},
+		{"bad checksum", contract.Request{APIKey: badChecksum(web)}, 0, contract.CodeMalformed},
+		{"unknown", contract.Request{APIKey: unknown}, 0, contract.CodeNotFound},
+		{"revoked", contract.Request{APIKey: revoked}, 0, contract.CodeNotFound},
+		{"tenant-scoped, own key", contract.Request{APIKey: web, Tenant: "acme"}, 0, contract.CodeValid},
+		{"tenant-scoped, other tenant's key", contract.Request{APIKey: web, Tenant: "globex"}, 0, contract.CodeNotFound},
+		{"tenant suspended", contract.Request{APIKey: globex}, 0, contract.CodeTenantSuspended},
+		{"no client ip with cidrs", contract.Request{APIKey: office}, 0, contract.CodeIPNotAllowed},
+		{"ip outside", contract.Request{APIKey: office, ClientIP: outside}, 0, contract.CodeIPNotAllowed},
+		{"ip inside", contract.Request{APIKey: office, ClientIP: inside}, 0, contract.CodeValid},
+		{"ipv6 inside", contract.Request{APIKey: office, ClientIP: v6}, 0, contract.CodeValid},
+		{"ip checked before scopes", contract.Request{APIKey: office, ClientIP: outside, RequiredScopes: []string{"admin"}}, 0, contract.CodeIPNotAllowed},
+		{"static, current", contract.Request{APIKey: current}, 0, contract.CodeValid},
+		{"static, previous in grace", contract.Request{APIKey: previous}, 0, contract.CodeValid},
+		{"within rate limit", contract.Request{APIKey: limited}, 0, contract.CodeValid},
+		{"refused requests spend nothing", contract.Request{APIKey: limited, RequiredScopes: []string{"admin"}}, 0, contract.CodeInsufficientScope},
+		{"still within rate limit", contract.Request{APIKey: limited}, 0, contract.CodeValid},
+		{"over rate limit", contract.Request{APIKey: limited}, 0, contract.CodeRateLimited},
+		{"short key before expiry", contract.Request{APIKey: short}, 59 * time.Second, contract.CodeValid},
+		{"expired", contract.Request{APIKey: short}, 61 * time.Second, contract.CodeExpired},
+		{"another tenant's expired key: the tenant is checked first", contract.Request{APIKey: short, Tenant: "globex"}, 61 * time.Second, contract.CodeNotFound},
+		{"static, previous past grace", contract.Request{APIKey: previous}, 11 * time.Minute, contract.CodeExpired},
+		{"static, current after the grace", contract.Request{APIKey: current}, 11 * time.Minute, contract.CodeValid},
+	}
+	for _, c := range cases {
+		clock.Set(start.Add(c.at))
+		plugin := pluginAnswer(t, b, s, &c.req)
+		fromEdge, err := e.Verify(context.Background(), &c.req)
+		if err != nil {
+			t.Fatalf("%s: edge: %v", c.name, err)
+		}
+		if plugin.Code != c.want {
+			t.Errorf("%s: plugin answered %s, want %s", c.name, plugin.Code, c.want)
+		}
+		pj, _ := json.Marshal(plugin)
+		ej, _ := json.Marshal(fromEdge)
+		if string(pj) != string(ej) {
+			t.Errorf("%s: answers differ\n plugin: %s\n   edge: %s", c.name, pj, ej)
+		}
+	}
+}
+
+// pluginAnswer asks the plugin's verify path, the tenant-scoped one when
+// the request names a tenant, and decodes its answer as a client would.
+func pluginAnswer(t *testing.T, b *backend, s logical.Storage, r *contract.Request) contract.Answer {
+	t.Helper()
+	data := map[string]interface{}{"api_key": r.APIKey}
+	path := "verify"
+	if r.Tenant != "" {
+		path = "tenants/" + r.Tenant + "/verify"
+	}
+	if len(r.RequiredScopes) > 0 {
+		data["required_scopes"] = strings.Join(r.RequiredScopes, ",")
+	}
+	if r.ClientIP.IsValid() {
+		data["client_ip"] = r.ClientIP.String()
+	}
+	resp := b.do(t, s, logical.UpdateOperation, path, data)
+	raw, err := json.Marshal(resp.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a contract.Answer
+	if err := json.Unmarshal(raw, &a); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
