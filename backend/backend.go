@@ -28,8 +28,11 @@ const operationPrefix = "apikeys"
 type backend struct {
 	*framework.Backend
 
-	// tenantLocks serialise writes that must see a consistent tenant: issue
-	// (max_keys), tenant update/delete and the cache fills of verify.
+	// tenantLocks serialise the work that must see a consistent tenant:
+	// issue (status, environment, max_keys), role writes, static key
+	// create, update, rotation (on demand, scheduled, WAL recovery), revoke
+	// and delete, tenant update/delete, tidy's per-key checks, and
+	// (read-locked) verify's tenant cache fills.
 	tenantLocks []*locksutil.LockEntry
 	// hashLocks order a verify cache fill against a revoke or an
 	// Invalidate of the same key, so a fill can never resurrect a key.
@@ -135,14 +138,19 @@ func newBackend() *backend {
 	return b
 }
 
-// invalidate drops exactly the cached state of the storage entry that changed
-// on another node (standbys and performance replicas).
+// invalidate drops the cached state that depends on a storage entry another
+// node changed. Vault calls it on performance standbys and performance
+// secondaries, never on the node that wrote. Most cases drop exactly that
+// entry's state; config/notifications/* drops the whole target list and
+// config/monitoring reloads in the background.
 func (b *backend) invalidate(ctx context.Context, key string) {
 	switch {
 	case key == pepperPath:
 		b.resetHasher()
-	case key == feedHeadPath, key == verifierPath:
-		b.feed.reset()
+	case key == feedHeadPath:
+		b.feed.forgetHead()
+	case key == verifierPath:
+		b.feed.forgetVerifier()
 	case key == configPath:
 		b.forgetConfig()
 	case strings.HasPrefix(key, tenantPrefix):

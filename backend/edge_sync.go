@@ -66,8 +66,9 @@ type feedHead struct {
 	First uint64 `json:"first"`
 }
 
-// edgeFeed serialises appends (sequence numbers must not repeat) and wakes
-// long-polling readers.
+// edgeFeed serialises appends (sequence numbers must not repeat), caches the
+// head and wakes long-polling readers (mu guards head and notify), and
+// caches the verifier hasher (verifierMu guards verifier and verSecret).
 type edgeFeed struct {
 	mu     sync.Mutex
 	head   *feedHead
@@ -95,8 +96,10 @@ func (f *edgeFeed) wakeLocked() {
 	}
 }
 
-// forgetHead runs on Invalidate: another node appended, so re-read the head
-// and let waiters look.
+// forgetHead drops the cached head and wakes long-polling readers
+// (sync/changes) so they re-read it: Invalidate(edge/head) runs it when
+// another node appended or compacted, which is how a standby's long polls
+// learn of a change.
 func (f *edgeFeed) forgetHead() {
 	f.mu.Lock()
 	f.head = nil
@@ -104,11 +107,22 @@ func (f *edgeFeed) forgetHead() {
 	f.mu.Unlock()
 }
 
-func (f *edgeFeed) reset() {
-	f.forgetHead()
+// forgetVerifier drops the cached verifier hasher, so the next edgeHasher
+// reads edge/verifier again. Only Invalidate(edge/verifier) and Clean run
+// it, not a head write: the secret is written once, when absent, and
+// dropping it on every feed write would make a standby read (and, on
+// Enterprise, unwrap) the seal-wrapped entry again for every snapshot page
+// after any key write.
+func (f *edgeFeed) forgetVerifier() {
 	f.verifierMu.Lock()
 	f.verifier, f.verSecret = nil, nil
 	f.verifierMu.Unlock()
+}
+
+// reset drops everything the feed caches; Clean runs it.
+func (f *edgeFeed) reset() {
+	f.forgetHead()
+	f.forgetVerifier()
 }
 
 func (f *edgeFeed) loadHeadLocked(ctx context.Context, s logical.Storage) (*feedHead, error) {

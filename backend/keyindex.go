@@ -46,7 +46,7 @@ type keyProfile struct {
 	metadata                        map[string]string
 
 	id   string // canonical form: the intern key
-	refs int    // cached keys using it; guarded by verifyCache.mu
+	refs int    // cached keys using it; guarded by verifyCache.pmu
 }
 
 func newKeyProfile(e *keyEntry, cidrs []netip.Prefix) *keyProfile {
@@ -87,7 +87,9 @@ func newKeyProfile(e *keyEntry, cidrs []netip.Prefix) *keyProfile {
 // keyIndex is an open-addressing hash table (linear probing, backward-shift
 // deletion) of verifySlots keyed by (loc, HMAC). loc is uniformly random, so
 // its low bits are the table position; a hit usually costs one cache line.
-// Not safe for concurrent use: verifyCache guards it.
+// Not safe for concurrent use: each keyIndex is embedded in an indexShard
+// and guarded by that shard's mu (write lock: put, delete, resize, clear;
+// read lock: get). Only prefetch reads it unlocked, through view.
 type keyIndex struct {
 	slots []verifySlot // length a power of two, at most 3/4 full
 	count int

@@ -165,15 +165,15 @@ func (b *backend) putKeyRecord(ctx context.Context, s logical.Storage, e *keyEnt
 	lock.Lock()
 	defer lock.Unlock()
 	// Edges hear of the key before it exists: a crash in between leaves
-	// them an entry for a key whose plaintext nobody ever got (tidy's
-	// revoke of the orphan index entry tombstones it), never a record that
-	// tidy cannot tell from a live key.
+	// them an entry for a key whose plaintext nobody ever got (tidy tells
+	// them it is gone when it removes the orphan index entry), never a
+	// record that tidy cannot tell from a live key.
 	if err := b.edgeKeyWritten(ctx, s, e); err != nil {
 		return fmt.Errorf("record new key for edges: %w", err)
 	}
 	if err := b.putKeyRecordLocked(ctx, s, e); err != nil {
 		if derr := b.edgeKeyDeleted(ctx, s, e.Tenant, e.KeyID); derr != nil {
-			b.Logger().Warn("could not tell edges of a key that failed to issue; tidy will",
+			b.Logger().Warn("could not tell edges of a key that failed to issue; they keep an entry for it until their next snapshot",
 				"tenant", e.Tenant, "key_id", e.KeyID, "error", derr)
 		}
 		return err

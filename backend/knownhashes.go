@@ -72,7 +72,7 @@ func (k *knownHashes) reset() {
 	k.mu.Unlock()
 }
 
-// ensureLoaded starts the one listing of the mount's hashes in the
+// ensureKnownLoaded starts the one listing of the mount's hashes in the
 // background; verify meanwhile reads storage as it would without the set.
 func (b *backend) ensureKnownLoaded() {
 	k := &b.known

@@ -127,8 +127,10 @@ func (b *backend) refreshPrefixes(ctx context.Context, s logical.Storage) error 
 	return nil
 }
 
-// scanCursor walks every key of the mount in bounded steps, so a mount
-// with a million keys costs the same per step as one with ten.
+// scanCursor walks every key of the mount, at most scan_batch key checks
+// per step. Opening a tenant still lists all its key ids and usage ids in
+// one step (startScanTenant), so that step costs in proportion to the
+// tenant's size.
 type scanCursor struct {
 	tenants []string
 	ti      int

@@ -17,8 +17,10 @@ type pepperEntry struct {
 	Pepper []byte `json:"pepper"`
 }
 
-// hasherState caches the loaded pepper. loaded with a nil hasher means the
-// mount has no pepper yet, so no key can exist and verify needs no read.
+// hasherState caches the loaded pepper; b.hasher is nil until the first
+// load. A state with a nil hasher means the mount had no pepper when it was
+// read, so no key can exist and verify needs no read; Invalidate(pepper) or
+// the first issue (getHasher with create) replaces it.
 type hasherState struct {
 	hasher *keyformat.Hasher
 }

@@ -90,12 +90,14 @@ func (r *rotationEngine) stop() {
 	}
 }
 
-// initialize runs on the active node once storage is writable: it finishes
-// or undoes rotations a crash interrupted, fills the queue from storage and
-// starts the ticker. When storage fails on the way it returns the error
-// (Vault logs it) and keeps trying in the background, backing off up to
+// initialize is the rotation half of InitializeFunc. Vault calls it once per
+// backend instance on every node that loads the mount; where storage is not
+// writable it returns at once. On the active node it finishes or undoes
+// rotations a crash interrupted, fills the queue from storage and starts
+// the ticker. When storage fails on the way it returns the error (Vault
+// logs it) and keeps trying in the background, backing off up to
 // maxRetryBackoff, until it succeeds or the backend is cleaned up: Vault
-// calls Initialize once per term as active node.
+// does not call Initialize again for this instance.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
 	if !b.WriteSafeReplicationState() {
 		b.Logger().Info("storage is not writable here: static key rotation runs elsewhere")

@@ -17,15 +17,20 @@ const replicationStateTTL = time.Second
 // from memory for up to replicationStateTTL.
 //
 // framework.Backend.HandleRequest asks for the replication state before
-// every request, to honour per-operation forwarding flags (this plugin sets
-// none). For an external plugin that question is a gRPC call back into
-// Vault: ~40 µs of CPU per request across both processes, about an eighth
-// of a verify's whole cost (docs/performance.md). The state changes only
-// when the node's replication role changes (Vault Enterprise: performance
-// standby, DR or performance secondary). For at most a second after such a
-// change the plugin's own WriteSafeReplicationState checks (rotation, tidy,
-// usage flush, outbox) may see the old state; a write refused as read-only
-// in that second fails and is retried like any failed write.
+// every request to a path with Operations, to honour per-operation
+// forwarding flags: every write of this plugin but verify sets
+// ForwardPerformanceStandby (16 PathOperations, and create, update and
+// delete of crudOperations for the tenant, role and static key paths), so a
+// performance standby forwards them to the active node. For an external
+// plugin that question is a gRPC call back into Vault: ~40 µs of CPU per
+// request across both processes, about an eighth of a verify's whole cost
+// (docs/performance.md). The state changes only when the node's
+// replication role changes (Vault Enterprise: performance standby, DR or
+// performance secondary). For at most a second after such a change both
+// that forwarding decision and the plugin's own WriteSafeReplicationState
+// checks (rotation start, tidy, monitoring start, usage flush, edge feed
+// compaction) may see the old state; a write refused as read-only in that
+// second fails and is retried like any failed write.
 type stateCachingView struct {
 	logical.SystemView
 	// start gives the cache a monotonic clock: a wall clock stepped back

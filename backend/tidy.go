@@ -257,6 +257,11 @@ func (b *backend) tidyIndexEntry(ctx context.Context, s logical.Storage, tenant,
 	}
 	switch {
 	case rec == nil:
+		// A crash between the feed's upsert and the record left edges an
+		// entry for this key (putKeyRecord): tell them it is gone.
+		if err := b.edgeKeyDeleted(ctx, s, tenant, id); err != nil {
+			return fmt.Errorf("tell edges of an orphaned index entry: %w", err)
+		}
 		if err := s.Delete(ctx, keyIndexPrefix(tenant)+id); err != nil {
 			return fmt.Errorf("delete orphaned index entry: %w", err)
 		}

@@ -77,6 +77,23 @@ func TestTidyRemovesOrphansAndSparesLiveKeys(t *testing.T) {
 	if got := b.tidy.status.OrphansRemoved; got != 2 {
 		t.Fatalf("orphans removed %d, want 2", got)
 	}
+	// Edges may hold the dangling key (its feed upsert precedes the
+	// record): tidy tells them it is gone.
+	head, err := b.feed.readHead(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes, _, _, err := b.feed.changesSince(ctx, s, 0, int(head.Seq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	told := false
+	for _, c := range changes {
+		told = told || (c.Op == contract.OpDelete && c.KeyID == "11111111-1111-1111-1111-111111111111")
+	}
+	if !told {
+		t.Fatal("tidy removed an orphaned index entry without telling the edges")
+	}
 	ids, _ := s.List(ctx, keyIndexPrefix("acme"))
 	hashes, _ := s.List(ctx, hashPrefix)
 	if len(ids) != 2 || len(hashes) != 2 {

@@ -415,3 +415,34 @@ func TestDeliveryToDeletedTargetIsDeadLettered(t *testing.T) {
 	enqueue(t, d, h.s, KeyIssued, "gone")
 	waitFor(t, "dead letter", func() bool { return outboxLen(t, h.s, FailedPrefix) == 1 })
 }
+
+// failingList is storage whose List fails, as a sealed or unreachable
+// backend's does.
+type failingList struct{ logical.InmemStorage }
+
+func (*failingList) List(context.Context, string) ([]string, error) {
+	return nil, errors.New("storage unavailable")
+}
+
+// A Start that cannot load the outbox returns its error and leaves the
+// dispatcher startable; it used to wait for a delivery loop that had never
+// started, and with it the mount's Initialize.
+func TestDispatcherStartFailureReturns(t *testing.T) {
+	h := &harness{s: &logical.InmemStorage{}}
+	d := h.dispatcher(fastPolicy())
+	errc := make(chan error, 1)
+	go func() { errc <- d.Start(context.Background(), &failingList{}, hclog.NewNullLogger()) }()
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "storage unavailable") {
+			t.Fatalf("Start on failing storage: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Start hung after the outbox failed to load")
+	}
+	d.Stop() // nothing running: must return at once
+	if err := d.Start(context.Background(), h.s, hclog.NewNullLogger()); err != nil {
+		t.Fatalf("Start after a failed one: %v", err)
+	}
+	d.Stop()
+}

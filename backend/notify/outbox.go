@@ -250,20 +250,32 @@ func (d *Dispatcher) Start(ctx context.Context, s logical.Storage, logger hclog.
 		cancel()
 		return nil
 	}
-	d.storage, d.cancel, d.done, d.logger = s, cancel, make(chan struct{}), logger
+	done := make(chan struct{})
+	d.storage, d.cancel, d.done, d.logger = s, cancel, done, logger
 	d.q = newPending()
 	d.mu.Unlock()
+	// fail undoes the start. run never started, so done is closed here:
+	// a Stop that came meanwhile waits on it.
+	fail := func(err error) error {
+		d.mu.Lock()
+		if d.done == done {
+			d.cancel, d.done = nil, nil
+			d.q = newPending()
+		}
+		d.mu.Unlock()
+		cancel()
+		close(done)
+		return err
+	}
 
 	ids, err := s.List(ctx, OutboxPrefix)
 	if err != nil {
-		d.Stop()
-		return fmt.Errorf("list outbox: %w", err)
+		return fail(fmt.Errorf("list outbox: %w", err))
 	}
 	for _, id := range ids {
 		del, err := Read(ctx, s, OutboxPrefix, id)
 		if err != nil {
-			d.Stop()
-			return err
+			return fail(err)
 		}
 		if del == nil {
 			continue
@@ -278,7 +290,7 @@ func (d *Dispatcher) Start(ctx context.Context, s logical.Storage, logger hclog.
 	if len(ids) > 0 {
 		d.logger.Info("notification outbox loaded", "pending", len(ids))
 	}
-	go d.run(runCtx, d.done)
+	go d.run(runCtx, done)
 	return nil
 }
 
@@ -317,8 +329,10 @@ func (d *Dispatcher) run(ctx context.Context, done chan struct{}) {
 }
 
 // dispatchDue starts every due delivery whose target has none in flight
-// (one at a time per target keeps a target's events in order and a dead
-// receiver from being hit in parallel). It returns when the next one is due.
+// (one at a time per target, so a dead receiver is never hit in parallel).
+// Deliveries go out in NextAt order, not event order: a failed one waits
+// out its backoff while later events to the same target are sent, so
+// receivers must not rely on order. It returns when the next one is due.
 func (d *Dispatcher) dispatchDue(ctx context.Context) (time.Time, bool) {
 	now := d.now()
 	d.mu.Lock()
