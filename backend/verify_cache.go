@@ -9,6 +9,16 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
+// The verify hot path, the files named verify_*: the memory a warm verify
+// reads instead of storage, laid out so that one verify touches one cache
+// line of its own. verify_cache.go holds the cache and its fills from
+// storage, verify_index.go the sharded table of 64-byte slots,
+// verify_known.go the set of hashes that may exist (an unknown key costs no
+// storage read), verify_prefetch* the one instruction that starts loading a
+// slot before the HMAC is known. They stay in package backend: the slots
+// point at the plugin's key and profile types, and Invalidate and the key
+// writes keep them exact under the plugin's locks.
+
 // verifyCache keeps what verify reads, so a warm verify costs no storage
 // round trip. It is exact, not time-based: every local write updates it under
 // the entry's lock and Invalidate drops what other nodes changed.

@@ -128,7 +128,7 @@ func (x *keyIndex) get(loc uint64, h *[32]byte) (verifySlot, bool) {
 }
 
 // prefetch starts loading loc's home slot into the CPU caches and returns
-// at once (see prefetch.go). It needs no lock: it reads the table through
+// at once (see verify_prefetch.go). It needs no lock: it reads the table through
 // view, and a table replaced meanwhile only makes the hint useless. A lock
 // would cost more than the hint saves: its atomic instruction waits for the
 // memory access that the prefetch has just started.
