@@ -67,7 +67,7 @@ type backend struct {
 	// that decide at a chosen moment.
 	clock func() time.Time
 
-	// monitoring: usage counters, metrics, notifications (notifications.go).
+	// monitoring: usage counters, metrics, notifications (monitoring.go).
 	*monitoring
 }
 
@@ -128,7 +128,7 @@ func newBackend() *backend {
 		Secrets: []*framework.Secret{
 			b.secretAPIKey(),
 		},
-		InitializeFunc: b.initializeAll,
+		InitializeFunc: b.initialize,
 		PeriodicFunc:   b.periodic,
 		Invalidate:     b.invalidate,
 		Clean:          b.clean,

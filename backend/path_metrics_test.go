@@ -8,6 +8,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 
 	"github.com/hashicorp/vault/sdk/logical"

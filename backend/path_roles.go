@@ -31,7 +31,7 @@ type roleEntry struct {
 	// NotLeased keys get no Vault lease (see the leased field).
 	NotLeased bool `json:"not_leased,omitempty"`
 	// RevokeUnusedAfter revokes the role's dynamic keys once unused this
-	// long (monitor.go's scan); 0 never.
+	// long (scans.go); 0 never.
 	RevokeUnusedAfter time.Duration `json:"revoke_unused_after,omitempty"`
 	CreatedAt         time.Time     `json:"created_at"`
 	UpdatedAt         time.Time     `json:"updated_at"`

@@ -12,6 +12,7 @@ import (
 	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 

@@ -90,7 +90,7 @@ func (r *rotationEngine) stop() {
 	}
 }
 
-// initialize is the rotation half of InitializeFunc. Vault calls it once per
+// startRotations is the rotation half of InitializeFunc (initialize). Vault calls it once per
 // backend instance on every node that loads the mount; where storage is not
 // writable it returns at once. On the active node it finishes or undoes
 // rotations a crash interrupted, fills the queue from storage and starts
@@ -98,7 +98,7 @@ func (r *rotationEngine) stop() {
 // logs it) and keeps trying in the background, backing off up to
 // maxRetryBackoff, until it succeeds or the backend is cleaned up: Vault
 // does not call Initialize again for this instance.
-func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
+func (b *backend) startRotations(ctx context.Context, req *logical.InitializationRequest) error {
 	if !b.WriteSafeReplicationState() {
 		b.Logger().Info("storage is not writable here: static key rotation runs elsewhere")
 		return nil

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 

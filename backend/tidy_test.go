@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 

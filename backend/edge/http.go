@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
