@@ -49,9 +49,10 @@ test: vault
 test-ha: vault
 	APIKEYS_HA=1 go test -count=1 -timeout 10m ./backend/hatest/
 
+# gofmt -l lists and changes nothing; a file it cannot parse fails too.
 lint:
-	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
-	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')) || exit 1; \
+	  if [ -n "$$out" ]; then echo "gofmt would change (make fmt):"; echo "$$out"; exit 1; fi
 	go vet ./...
 	go run $(STATICCHECK) ./...
 
