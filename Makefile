@@ -4,7 +4,7 @@
 #   make test   unit tests and integration tests against a real Vault
 #   make test-ha  failover test: a 3-node Raft cluster, active node killed under load
 #   make build  the plugin binary in bin/
-#   make lint   gofmt check, go vet, staticcheck
+#   make lint   gofmt check, go vet, staticcheck, shellcheck
 #   make fmt    gofmt -w
 #   make bench  in-process benchmarks and a load test against a real Vault
 #   make fuzz   a bounded run of every fuzz target (FUZZTIME each)
@@ -31,7 +31,8 @@ build:
 vault: tools
 	@bash scripts/vault.sh >/dev/null
 
-# curl, openssl, jq, … for bootstrap/ and the tests (installed when missing).
+# curl, openssl, jq, … for bootstrap/ and the tests, shellcheck for lint
+# (installed when missing).
 tools:
 	@bash scripts/ensure-tools.sh
 
@@ -50,11 +51,13 @@ test-ha: vault
 	APIKEYS_HA=1 go test -count=1 -timeout 10m ./backend/hatest/
 
 # gofmt -l lists and changes nothing; a file it cannot parse fails too.
-lint:
+# tools: shellcheck.
+lint: tools
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')) || exit 1; \
 	  if [ -n "$$out" ]; then echo "gofmt would change (make fmt):"; echo "$$out"; exit 1; fi
 	go vet ./...
 	go run $(STATICCHECK) ./...
+	@bash scripts/shellcheck.sh
 
 fmt:
 	gofmt -w $$(git ls-files -co --exclude-standard '*.go')
