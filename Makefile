@@ -13,7 +13,10 @@
 
 MODULE      := github.com/vault-apikeys/vault-plugin-secrets-apikeys
 PLUGIN      := vault-plugin-secrets-apikeys
-VERSION     ?= v0.1.0-dev
+# The version default has one definition, backend.Version's in
+# backend/backend.go; make VERSION=v1.2.3 builds another.
+VERSION     ?= $(shell sed -n 's/^[[:space:]]*Version[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' backend/backend.go)
+$(if $(VERSION),,$(error cannot read the Version default from backend/backend.go))
 COMMIT      ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS     := -X $(MODULE)/backend.Version=$(VERSION) -X $(MODULE)/backend.Commit=$(COMMIT)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
