@@ -4,7 +4,7 @@
 #   make test   unit tests and integration tests against a real Vault
 #   make test-ha  failover test: a 3-node Raft cluster, active node killed under load
 #   make build  the plugin binary in bin/
-#   make lint   gofmt check, go vet, staticcheck
+#   make lint   gofmt check, go vet, staticcheck, shellcheck
 #   make fmt    gofmt -w
 #   make bench  in-process benchmarks and a load test against a real Vault
 #   make fuzz   a bounded run of every fuzz target (FUZZTIME each)
@@ -13,7 +13,10 @@
 
 MODULE      := github.com/vault-apikeys/vault-plugin-secrets-apikeys
 PLUGIN      := vault-plugin-secrets-apikeys
-VERSION     ?= v0.1.0-dev
+# The version default has one definition, backend.Version's in
+# backend/backend.go; make VERSION=v1.2.3 builds another.
+VERSION     ?= $(shell sed -n 's/^[[:space:]]*Version[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' backend/backend.go)
+$(if $(VERSION),,$(error cannot read the Version default from backend/backend.go))
 COMMIT      ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS     := -X $(MODULE)/backend.Version=$(VERSION) -X $(MODULE)/backend.Commit=$(COMMIT)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -31,7 +34,8 @@ build:
 vault: tools
 	@bash scripts/vault.sh >/dev/null
 
-# curl, openssl, jq, … for bootstrap/ and the tests (installed when missing).
+# curl, openssl, jq, … for bootstrap/ and the tests, shellcheck for lint
+# (installed when missing).
 tools:
 	@bash scripts/ensure-tools.sh
 
@@ -49,11 +53,14 @@ test: vault
 test-ha: vault
 	APIKEYS_HA=1 go test -count=1 -timeout 10m ./backend/hatest/
 
-lint:
-	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
-	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+# gofmt -l lists and changes nothing; a file it cannot parse fails too.
+# tools: shellcheck.
+lint: tools
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')) || exit 1; \
+	  if [ -n "$$out" ]; then echo "gofmt would change (make fmt):"; echo "$$out"; exit 1; fi
 	go vet ./...
 	go run $(STATICCHECK) ./...
+	@bash scripts/shellcheck.sh
 
 fmt:
 	gofmt -w $$(git ls-files -co --exclude-standard '*.go')

@@ -16,6 +16,7 @@ import (
 
 // Version and Commit are set at build time with
 // -ldflags "-X github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend.Version=v1.2.3".
+// Version's default is the only one: the Makefile reads it from this line.
 var (
 	Version = "v0.1.0-dev"
 	Commit  = "unknown"

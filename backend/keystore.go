@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/netip"
 	"time"
 
+	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
 // Storage layout of keys:
@@ -135,6 +139,47 @@ func readTenantKey(ctx context.Context, s logical.Storage, tenant, id string) (*
 		return nil, err
 	}
 	return k, nil
+}
+
+// mintKey makes the key of a new record whose tenant, environment and the
+// rest the caller has set: the plaintext (returned once, never stored), a
+// key id, the HMAC under the mount's pepper (created with the first key),
+// the edge hash and the verify index position. It stores nothing; dynamic
+// issue and static rotation both mint here, so their keys cannot differ.
+func (b *backend) mintKey(ctx context.Context, s logical.Storage, cfg *mountConfig, t *tenantEntry, rec *keyEntry) (string, error) {
+	h, err := b.getHasher(ctx, s, true)
+	if err != nil {
+		return "", err
+	}
+	prefix := t.KeyPrefix
+	if prefix == "" {
+		prefix = cfg.KeyPrefix
+	}
+	apiKey, err := keyformat.Generate(prefix, rec.Environment)
+	if err != nil {
+		return "", fmt.Errorf("generate key: %w", err)
+	}
+	if rec.KeyID, err = uuid.GenerateUUID(); err != nil {
+		return "", fmt.Errorf("generate key id: %w", err)
+	}
+	sum := h.Sum(apiKey)
+	rec.Hash = hex.EncodeToString(sum[:])
+	if rec.EdgeHash, err = b.edgeHashOf(ctx, s, apiKey); err != nil {
+		return "", err
+	}
+	rec.locator = b.cache.locate(apiKey)
+	return apiKey, nil
+}
+
+// keyMetadata is a new key's metadata: base (its role's) with its own
+// pairs over it; never nil, so a key always answers an object.
+func keyMetadata(base, own map[string]string) map[string]string {
+	md := maps.Clone(base)
+	if md == nil {
+		md = map[string]string{}
+	}
+	maps.Copy(md, own)
+	return md
 }
 
 // storeNewKey writes a new key: index entry first, record second; when the

@@ -2,18 +2,14 @@ package backend
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 
-	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
 func (b *backend) pathCreds() []*framework.Path {
@@ -142,50 +138,24 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 		}
 	}
 
-	h, err := b.getHasher(ctx, req.Storage, true)
-	if err != nil {
-		return nil, err
-	}
-	prefix := t.KeyPrefix
-	if prefix == "" {
-		prefix = cfg.KeyPrefix
-	}
-	apiKey, err := keyformat.Generate(prefix, r.Environment)
-	if err != nil {
-		return nil, fmt.Errorf("generate key: %w", err)
-	}
-	id, err := uuid.GenerateUUID()
-	if err != nil {
-		return nil, fmt.Errorf("generate key id: %w", err)
-	}
-	sum := h.Sum(apiKey)
-	edgeHash, err := b.edgeHashOf(ctx, req.Storage, apiKey)
-	if err != nil {
-		return nil, err
-	}
 	now := time.Now().UTC()
-	md := maps.Clone(r.Metadata)
-	if md == nil {
-		md = map[string]string{}
-	}
-	maps.Copy(md, metadata)
 	e := &keyEntry{
-		KeyID:           id,
 		Tenant:          tenant,
 		Role:            roleName,
 		Kind:            kindDynamic,
 		Name:            name,
-		Hash:            hex.EncodeToString(sum[:]),
-		EdgeHash:        edgeHash,
 		Environment:     r.Environment,
 		Scopes:          scopes,
 		AllowedCIDRs:    r.AllowedCIDRs,
 		RateLimit:       r.RateLimit,
 		RateLimitPeriod: r.RateLimitPeriod,
-		Metadata:        md,
+		Metadata:        keyMetadata(r.Metadata, metadata),
 		CreatedAt:       now,
 		ExpiresAt:       now.Add(keyTTL),
-		locator:         b.cache.locate(apiKey),
+	}
+	apiKey, err := b.mintKey(ctx, req.Storage, cfg, t, e)
+	if err != nil {
+		return nil, err
 	}
 	if err := b.storeNewKey(ctx, req.Storage, e); err != nil {
 		return nil, err
@@ -194,13 +164,13 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 
 	data := map[string]interface{}{
 		"api_key":     apiKey,
-		"key_id":      id,
+		"key_id":      e.KeyID,
 		"tenant":      tenant,
 		"role":        roleName,
 		"name":        name,
 		"scopes":      nonNilSlice(scopes),
 		"environment": r.Environment,
-		"metadata":    md,
+		"metadata":    e.Metadata,
 		"expires_at":  e.ExpiresAt.Format(time.RFC3339),
 	}
 	if r.NotLeased {
@@ -210,7 +180,7 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 	resp = b.Secret(secretAPIKeyType).Response(data, map[string]interface{}{
 		"tenant":  tenant,
 		"role":    roleName,
-		"key_id":  id,
+		"key_id":  e.KeyID,
 		"hash":    e.Hash,
 		"ttl":     int64(keyTTL.Seconds()),
 		"max_ttl": int64(maxTTL.Seconds()),

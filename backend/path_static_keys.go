@@ -214,8 +214,8 @@ func (b *backend) pathStaticKeyWrite(ctx context.Context, req *logical.Request, 
 		}
 		e = &staticKeyEntry{Name: name, Tenant: tenant, CreatedAt: now}
 	}
-	if resp := b.applyStaticKeyFields(ctx, req.Storage, t, e, d, creating); resp != nil {
-		return resp, nil
+	if resp, err := b.applyStaticKeyFields(ctx, req.Storage, t, e, d, creating); resp != nil || err != nil {
+		return resp, err
 	}
 
 	if !creating {
@@ -247,23 +247,24 @@ func (b *backend) pathStaticKeyWrite(ctx context.Context, req *logical.Request, 
 	return &logical.Response{Data: map[string]interface{}{"key_id": e.CurrentID, "next_rotation": e.NextRotation.Format(time.RFC3339)}}, nil
 }
 
-// applyStaticKeyFields validates and applies the request's fields; a non-nil
-// result is the 400 to return.
-func (b *backend) applyStaticKeyFields(ctx context.Context, s logical.Storage, t *tenantEntry, e *staticKeyEntry, d *framework.FieldData, creating bool) *logical.Response {
+// applyStaticKeyFields validates and applies the request's fields. A
+// response is the caller's mistake (a 400 naming the field), an error a
+// server fault (a 500): storage failing is never the caller's fault.
+func (b *backend) applyStaticKeyFields(ctx context.Context, s logical.Storage, t *tenantEntry, e *staticKeyEntry, d *framework.FieldData, creating bool) (*logical.Response, error) {
 	if v, ok := d.GetOk("role"); ok {
 		e.Role = v.(string)
 	} else if creating {
-		return logical.ErrorResponse("missing role")
+		return logical.ErrorResponse("missing role"), nil
 	}
 	if err := validateName("role", e.Role); err != nil {
-		return fieldError("role", err)
+		return fieldError("role", err), nil
 	}
 	r, err := readRole(ctx, s, e.Tenant, e.Role)
 	if err != nil {
-		return logical.ErrorResponse("reading role %q failed", e.Role)
+		return nil, fmt.Errorf("static key %q of tenant %q: %w", e.Name, e.Tenant, err)
 	}
 	if r == nil {
-		return logical.ErrorResponse("unknown role %q of tenant %q", e.Role, e.Tenant)
+		return logical.ErrorResponse("unknown role %q of tenant %q", e.Role, e.Tenant), nil
 	}
 	if v, ok := d.GetOk("environment"); ok {
 		e.Environment = v.(string)
@@ -271,66 +272,66 @@ func (b *backend) applyStaticKeyFields(ctx context.Context, s logical.Storage, t
 		e.Environment = r.Environment
 	}
 	if err := keyformat.ValidateEnvironment(e.Environment); err != nil {
-		return fieldError("environment", err)
+		return fieldError("environment", err), nil
 	}
 	if !t.allowsEnvironment(e.Environment) {
-		return logical.ErrorResponse("invalid environment %q: tenant %q allows only %v", e.Environment, e.Tenant, t.AllowedEnvironments)
+		return logical.ErrorResponse("invalid environment %q: tenant %q allows only %v", e.Environment, e.Tenant, t.AllowedEnvironments), nil
 	}
 
 	period, hasPeriod, err := d.GetOkErr("rotation_period")
 	if err != nil {
-		return fieldError("rotation_period", err)
+		return fieldError("rotation_period", err), nil
 	}
 	schedule, hasSchedule := d.GetOk("rotation_schedule")
 	if hasPeriod && hasSchedule && schedule.(string) != "" {
-		return logical.ErrorResponse("rotation_period and rotation_schedule are mutually exclusive")
+		return logical.ErrorResponse("rotation_period and rotation_schedule are mutually exclusive"), nil
 	}
 	if hasPeriod {
 		p := time.Duration(period.(int)) * time.Second
 		if p < minRotationPeriod {
-			return logical.ErrorResponse("rotation_period must be at least %s", minRotationPeriod)
+			return logical.ErrorResponse("rotation_period must be at least %s", minRotationPeriod), nil
 		}
 		e.RotationPeriod, e.RotationSchedule, e.RotationWindow = p, "", 0
 	}
 	if hasSchedule && schedule.(string) != "" {
 		if _, err := parseSchedule(schedule.(string)); err != nil {
-			return fieldError("rotation_schedule", fmt.Errorf("not a 5-field cron schedule: %w", err))
+			return fieldError("rotation_schedule", fmt.Errorf("not a 5-field cron schedule: %w", err)), nil
 		}
 		e.RotationSchedule, e.RotationPeriod = schedule.(string), 0
 	}
 	if e.RotationPeriod == 0 && e.RotationSchedule == "" {
-		return logical.ErrorResponse("one of rotation_period or rotation_schedule is required")
+		return logical.ErrorResponse("one of rotation_period or rotation_schedule is required"), nil
 	}
 	now := time.Now()
 	interval := e.interval(now)
 	if v, ok, err := d.GetOkErr("rotation_window"); err != nil {
-		return fieldError("rotation_window", err)
+		return fieldError("rotation_window", err), nil
 	} else if ok {
 		w := time.Duration(v.(int)) * time.Second
 		if w != 0 && e.RotationSchedule == "" {
-			return logical.ErrorResponse("rotation_window applies only with rotation_schedule")
+			return logical.ErrorResponse("rotation_window applies only with rotation_schedule"), nil
 		}
 		if w < 0 || (w > 0 && w >= interval) {
-			return logical.ErrorResponse("rotation_window must be shorter than the schedule's interval (%s)", interval)
+			return logical.ErrorResponse("rotation_window must be shorter than the schedule's interval (%s)", interval), nil
 		}
 		e.RotationWindow = w
 	}
 	if v, ok, err := d.GetOkErr("grace_period"); err != nil {
-		return fieldError("grace_period", err)
+		return fieldError("grace_period", err), nil
 	} else if ok {
 		e.GracePeriod = time.Duration(v.(int)) * time.Second
 	} else if creating {
 		e.GracePeriod = interval / 2
 	}
 	if e.GracePeriod < 0 || e.GracePeriod >= interval {
-		return logical.ErrorResponse("grace_period (%s) must be shorter than the rotation interval (%s)", e.GracePeriod, interval)
+		return logical.ErrorResponse("grace_period (%s) must be shorter than the rotation interval (%s)", e.GracePeriod, interval), nil
 	}
 	if v, ok, err := d.GetOkErr("metadata"); err != nil {
-		return fieldError("metadata", err)
+		return fieldError("metadata", err), nil
 	} else if ok {
 		e.Metadata = v.(map[string]string)
 	}
-	return nil
+	return nil, nil
 }
 
 func (b *backend) pathStaticKeyRotate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

@@ -2,17 +2,12 @@ package backend
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
-	"maps"
 	"time"
 
-	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/robfig/cron/v3"
-
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
 // Static keys live in one entry each, which also holds the current key in
@@ -128,10 +123,6 @@ func writeStaticKey(ctx context.Context, s logical.Storage, e *staticKeyEntry) e
 // newStaticKeyRecord makes a fresh key for a static key from its role (or,
 // when the role is gone, from the current key's snapshot) without storing it.
 func (b *backend) newStaticKeyRecord(ctx context.Context, s logical.Storage, t *tenantEntry, e *staticKeyEntry, now time.Time) (*keyEntry, string, error) {
-	h, err := b.getHasher(ctx, s, true)
-	if err != nil {
-		return nil, "", err
-	}
 	cfg, err := readConfig(ctx, s)
 	if err != nil {
 		return nil, "", err
@@ -141,10 +132,11 @@ func (b *backend) newStaticKeyRecord(ctx context.Context, s logical.Storage, t *
 	if err != nil {
 		return nil, "", err
 	}
+	var roleMetadata map[string]string
 	switch {
 	case r != nil:
 		rec.Scopes, rec.AllowedCIDRs, rec.RateLimit, rec.RateLimitPeriod = r.Scopes, r.AllowedCIDRs, r.RateLimit, r.RateLimitPeriod
-		rec.Metadata = maps.Clone(r.Metadata)
+		roleMetadata = r.Metadata
 	case e.CurrentHash != "":
 		cur, err := readKeyRecord(ctx, s, e.CurrentHash)
 		if err != nil {
@@ -154,31 +146,15 @@ func (b *backend) newStaticKeyRecord(ctx context.Context, s logical.Storage, t *
 			rec.Scopes, rec.AllowedCIDRs, rec.RateLimit, rec.RateLimitPeriod = cur.Scopes, cur.AllowedCIDRs, cur.RateLimit, cur.RateLimitPeriod
 			// The role's metadata too: the current key holds it merged
 			// with the static key's own, which is applied again below.
-			rec.Metadata = maps.Clone(cur.Metadata)
+			roleMetadata = cur.Metadata
 		}
 		b.Logger().Warn("role of static key is gone; rotating with the current key's scopes, CIDRs, rate limit and metadata", "tenant", e.Tenant, "static_key", e.Name, "role", e.Role)
 	default:
 		return nil, "", fmt.Errorf("role %q of tenant %q does not exist", e.Role, e.Tenant)
 	}
-	if rec.Metadata == nil {
-		rec.Metadata = map[string]string{}
-	}
-	maps.Copy(rec.Metadata, e.Metadata)
-	prefix := t.KeyPrefix
-	if prefix == "" {
-		prefix = cfg.KeyPrefix
-	}
-	apiKey, err := keyformat.Generate(prefix, e.Environment)
+	rec.Metadata = keyMetadata(roleMetadata, e.Metadata)
+	apiKey, err := b.mintKey(ctx, s, cfg, t, rec)
 	if err != nil {
-		return nil, "", fmt.Errorf("generate key: %w", err)
-	}
-	if rec.KeyID, err = uuid.GenerateUUID(); err != nil {
-		return nil, "", fmt.Errorf("generate key id: %w", err)
-	}
-	sum := h.Sum(apiKey)
-	rec.Hash = hex.EncodeToString(sum[:])
-	rec.locator = b.cache.locate(apiKey)
-	if rec.EdgeHash, err = b.edgeHashOf(ctx, s, apiKey); err != nil {
 		return nil, "", err
 	}
 	return rec, apiKey, nil

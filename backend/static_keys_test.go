@@ -152,6 +152,48 @@ func TestStaticKeyBadInput(t *testing.T) {
 	}
 }
 
+// A storage failure while a static key's fields are checked is the
+// server's fault: a 500 carrying the storage error, not a 400 that sends
+// the caller looking for a mistake in its request.
+func TestStaticKeyStorageFailureIsAServerError(t *testing.T) {
+	b, s := newTestBackend(t)
+	createStatic(t, b, s, map[string]interface{}{"role": "web", "rotation_period": "1h"})
+	down := errors.New("storage unavailable")
+	fs := &hookStorage{Storage: s, beforeGet: func(_ context.Context, k string) error {
+		if k == rolePrefix("acme")+"web" {
+			return down
+		}
+		return nil
+	}}
+	for name, tc := range map[string]struct {
+		op   logical.Operation
+		path string
+	}{
+		"create": {logical.CreateOperation, "tenants/acme/static-keys/other"},
+		"update": {logical.UpdateOperation, "tenants/acme/static-keys/app"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			resp, err := b.HandleRequest(context.Background(), &logical.Request{
+				Operation: tc.op, Path: tc.path, Storage: fs,
+				Data: map[string]interface{}{"role": "web", "rotation_period": "2h"},
+			})
+			if !errors.Is(err, down) {
+				t.Fatalf("want the storage error, got %v %v", resp, err)
+			}
+			if code, _ := logical.RespondErrorCommon(&logical.Request{}, resp, err); code != http.StatusInternalServerError {
+				t.Fatalf("HTTP %d, want 500", code)
+			}
+		})
+	}
+	if names, _ := s.List(context.Background(), staticKeyPrefix("acme")); len(names) != 1 {
+		t.Fatalf("failed writes changed the static keys: %v", names)
+	}
+	resp := b.do(t, s, logical.ReadOperation, "tenants/acme/static-keys/app", nil)
+	if got := resp.Data["rotation_period"]; got != int64(3600) {
+		t.Fatalf("failed update changed rotation_period to %v", got)
+	}
+}
+
 // TestRotationSurvivesAFailureAtEveryWrite crashes a rotation at each of its
 // writes in turn (that write and all after it fail, so not even the inline
 // undo lands), restarts the backend over the same storage, and checks

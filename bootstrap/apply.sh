@@ -43,7 +43,7 @@ set -euo pipefail
 VAULT=${VAULT:-vault}
 export VAULT
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 . "$here/lib.sh"
 mount=${APIKEYS_MOUNT:-apikeys}
 name=vault-plugin-secrets-apikeys

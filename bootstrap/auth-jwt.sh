@@ -24,7 +24,7 @@ set -euo pipefail
 
 VAULT=${VAULT:-vault}
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 . "$here/lib.sh"
 jwt_path=${JWT_PATH:-jwt}
 : "${JWT_PUBKEY_FILE:?set JWT_PUBKEY_FILE to the PEM public key of the identity provider}"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by the bootstrap scripts; sourced, not run. Callers set
 # VAULT to the vault CLI.
 

@@ -18,7 +18,7 @@ set -euo pipefail
 
 VAULT=${VAULT:-vault}
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 . "$here/lib.sh"
 mount=${APIKEYS_MOUNT:-apikeys}
 jwt_path=${JWT_PATH:-jwt}

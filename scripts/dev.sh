@@ -30,6 +30,13 @@ state=${TMPDIR:-/tmp}/vault-plugin-secrets-apikeys-dev-$(id -u)-$port
 token=root
 
 vault_bin=$("$root/scripts/vault.sh")
+# The printed commands say `vault`: bin/ (git-ignored, next to the plugin)
+# gets a link to the pinned binary, and the printed PATH line puts bin/
+# first, so they work in a new shell on a machine without Vault installed.
+# readlink -f: VAULT_BIN may be relative, or be this very link.
+vault_target=$(readlink -f "$vault_bin")
+mkdir -p "$root/bin"
+ln -sfn "$vault_target" "$root/bin/vault"
 
 # A server left by an earlier `make dev` that was killed hard goes first.
 if [ -f "$state/vault.pid" ]; then
@@ -102,8 +109,9 @@ Vault is running with the API keys engine at apikeys/.
 
   export VAULT_ADDR=$VAULT_ADDR
   export VAULT_TOKEN=$token
+  export PATH="$root/bin:\$PATH"
 
-  vault ($vault_bin)
+  vault: $root/bin/vault -> $vault_target
   audit log: $state/audit.log   server log: $state/vault.log
 
 Try:

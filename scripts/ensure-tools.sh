@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the command-line tools that bootstrap/, the docs' replayed
-# commands and the tests call, when the machine lacks them (Debian/Ubuntu;
-# elsewhere it says what to install).
+# commands, the tests and `make lint` call, when the machine lacks them
+# (Debian/Ubuntu; elsewhere it says what to install).
 set -euo pipefail
 need=()
-for tool in curl openssl jq sha256sum flock setsid nginx; do
+for tool in curl openssl jq sha256sum flock setsid nginx shellcheck; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -19,7 +19,7 @@ for tool in "${need[@]}"; do
   esac
 done
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  echo "==> Installing ${pkgs[*]} (needed by bootstrap/ and the tests)" >&2
+  echo "==> Installing ${pkgs[*]} (needed by bootstrap/, the tests and make lint)" >&2
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
 else
