@@ -18,6 +18,8 @@ import (
 type verifyOutcome struct {
 	Code string
 	Key  *cachedKey
+	// Quota is the key's standing against its quota, when one applies.
+	Quota contract.Quota
 }
 
 func verifyFields() map[string]*framework.FieldSchema {
@@ -182,16 +184,16 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *contract.Re
 	}
 	p := k.profile
 	f := contract.Key{Tenant: p.tenant, ExpiresAt: k.expiresAt, Scopes: p.scopes, CIDRs: p.cidrs}
-	code, err := contract.Decide(ctx, pluginStore{b: b, s: s}, in, &f, k.key, now)
+	v, err := contract.Decide(ctx, pluginStore{b: b, s: s}, in, &f, k.key, now)
 	if err != nil {
 		return verifyOutcome{}, err
 	}
 	// Another tenant's key is not attributed to anyone: it answers like
 	// an unknown one in usage and metrics too.
-	if code == contract.CodeNotFound {
-		return verifyOutcome{Code: code}, nil
+	if v.Code == contract.CodeNotFound {
+		return verifyOutcome{Code: v.Code}, nil
 	}
-	return verifyOutcome{Code: code, Key: k.key}, nil
+	return verifyOutcome{Code: v.Code, Key: k.key, Quota: v.Quota}, nil
 }
 
 // pluginStore is the verify contract's Store over the mount: tenants from
@@ -209,17 +211,18 @@ func (ps pluginStore) TenantStatus(ctx context.Context, tenant string) (string, 
 	return t.Status, nil
 }
 
-func (ps pluginStore) Spend(k *cachedKey, now time.Time) string {
+func (ps pluginStore) Spend(k *cachedKey, now time.Time) (string, contract.Quota) {
 	p := k.profile
 	if p.rateLimit > 0 && !ps.b.limiter.allow(k.keyID, p.rateLimit, p.ratePeriod, now) {
-		return contract.CodeRateLimited
+		return contract.CodeRateLimited, contract.Quota{}
 	}
-	return ""
+	return "", contract.Quota{}
 }
 
 func verifyResponse(out verifyOutcome) map[string]interface{} {
 	if out.Code != contract.CodeValid {
 		a := contract.Refusal(out.Code)
+		a.SetQuota(out.Quota)
 		return a.Data()
 	}
 	k, p := out.Key, out.Key.profile
@@ -228,6 +231,7 @@ func verifyResponse(out verifyOutcome) map[string]interface{} {
 		Scopes: p.scopes, Environment: p.environment, Metadata: p.metadata,
 		ExpiresAt: contract.Expiry(k.expiresAt), Kind: p.kind, InGrace: k.inGrace,
 	}
+	a.SetQuota(out.Quota)
 	return a.Data()
 }
 

@@ -17,10 +17,27 @@ type Answer struct {
 	ExpiresAt   *string           `json:"expires_at,omitempty"`
 	Kind        string            `json:"kind,omitempty"`
 	InGrace     bool              `json:"in_grace,omitempty"`
+	// QuotaRemaining and QuotaResetsAt come when a quota applies:
+	// remaining on a VALID answer, the reset on VALID and QUOTA_EXCEEDED
+	// (a gateway's Retry-After).
+	QuotaRemaining *int64  `json:"quota_remaining,omitempty"`
+	QuotaResetsAt  *string `json:"quota_resets_at,omitempty"`
 }
 
 // Refusal is the answer for a code other than VALID.
 func Refusal(code string) Answer { return Answer{Code: code} }
+
+// SetQuota adds the quota's fields to a, when a quota applies.
+func (a *Answer) SetQuota(q Quota) {
+	if q.Limit == 0 {
+		return
+	}
+	if a.Valid {
+		rem := q.Remaining
+		a.QuotaRemaining = &rem
+	}
+	a.QuotaResetsAt = Expiry(q.ResetsAt)
+}
 
 // Data is the answer as Vault's verify path returns it: a VALID answer
 // names every field, expires_at null for a key that never expires, so
@@ -28,13 +45,17 @@ func Refusal(code string) Answer { return Answer{Code: code} }
 // holds the names to the struct's tags.
 func (a *Answer) Data() map[string]interface{} {
 	if !a.Valid {
-		return map[string]interface{}{"valid": false, "code": a.Code}
+		d := map[string]interface{}{"valid": false, "code": a.Code}
+		if a.QuotaResetsAt != nil {
+			d["quota_resets_at"] = *a.QuotaResetsAt
+		}
+		return d
 	}
 	var expires interface{}
 	if a.ExpiresAt != nil {
 		expires = *a.ExpiresAt
 	}
-	return map[string]interface{}{
+	d := map[string]interface{}{
 		"valid":       true,
 		"code":        a.Code,
 		"key_id":      a.KeyID,
@@ -47,6 +68,13 @@ func (a *Answer) Data() map[string]interface{} {
 		"kind":        a.Kind,
 		"in_grace":    a.InGrace,
 	}
+	if a.QuotaRemaining != nil {
+		d["quota_remaining"] = *a.QuotaRemaining
+	}
+	if a.QuotaResetsAt != nil {
+		d["quota_resets_at"] = *a.QuotaResetsAt
+	}
+	return d
 }
 
 // Expiry formats an expiry in unix nanoseconds for the answer (RFC 3339,

@@ -14,9 +14,11 @@ const (
 	CodeNotFound          = "NOT_FOUND"
 	CodeExpired           = "EXPIRED"
 	CodeTenantSuspended   = "TENANT_SUSPENDED"
+	CodeDisabled          = "DISABLED"
 	CodeInsufficientScope = "INSUFFICIENT_SCOPE"
 	CodeIPNotAllowed      = "IP_NOT_ALLOWED"
 	CodeRateLimited       = "RATE_LIMITED"
+	CodeQuotaExceeded     = "QUOTA_EXCEEDED"
 )
 
 // Codes only an edge answers, never Vault's verify: no key was presented,
@@ -37,16 +39,16 @@ const (
 )
 
 // HTTPStatus is the status a gateway answers a refused request with (and
-// 200 for VALID): 401 when the key is not good, 403 when it is good but not
-// for this request, 429 over its rate limit, 503 when the answer could not
-// be had.
+// 200 for VALID): 401 when the key is not good (disabled included), 403
+// when it is good but not for this request, 429 over its rate limit or
+// quota, 503 when the answer could not be had.
 func HTTPStatus(code string) int {
 	switch code {
 	case CodeValid:
 		return http.StatusOK
 	case CodeInsufficientScope, CodeIPNotAllowed:
 		return http.StatusForbidden
-	case CodeRateLimited:
+	case CodeRateLimited, CodeQuotaExceeded:
 		return http.StatusTooManyRequests
 	case CodeStale, CodeUnavailable:
 		return http.StatusServiceUnavailable

@@ -17,6 +17,7 @@ type fakeStore struct {
 	status     map[string]string
 	err        error
 	spend      string
+	quota      Quota
 	askedState *[]string
 }
 
@@ -25,9 +26,9 @@ func (s fakeStore) TenantStatus(_ context.Context, tenant string) (string, error
 	return s.status[tenant], s.err
 }
 
-func (s fakeStore) Spend(k int, _ time.Time) string {
+func (s fakeStore) Spend(k int, _ time.Time) (string, Quota) {
 	*s.askedState = append(*s.askedState, "spend")
-	return s.spend
+	return s.spend, s.quota
 }
 
 func TestDecideOrder(t *testing.T) {
@@ -50,11 +51,14 @@ func TestDecideOrder(t *testing.T) {
 		{"expires later", func(k *Key) { k.ExpiresAt = now.UnixNano() + 1 }, Request{ClientIP: inside}, TenantActive, "", CodeValid, []string{"tenant:acme", "spend"}},
 		{"tenant gone", nil, Request{ClientIP: outside}, "", "", CodeNotFound, []string{"tenant:acme"}},
 		{"tenant deleted on the feed", nil, Request{ClientIP: outside}, TenantDeleted, "", CodeNotFound, []string{"tenant:acme"}},
+		{"suspended before disabled", func(k *Key) { k.Disabled = true }, Request{ClientIP: outside}, TenantSuspended, "", CodeTenantSuspended, []string{"tenant:acme"}},
+		{"disabled before ip", func(k *Key) { k.Disabled = true }, Request{ClientIP: outside}, TenantActive, "", CodeDisabled, []string{"tenant:acme"}},
 		{"suspended before ip", nil, Request{ClientIP: outside}, TenantSuspended, "", CodeTenantSuspended, []string{"tenant:acme"}},
 		{"ip before scopes", nil, Request{ClientIP: outside, RequiredScopes: []string{"admin"}}, TenantActive, "", CodeIPNotAllowed, []string{"tenant:acme"}},
 		{"no ip with cidrs", nil, Request{}, TenantActive, "", CodeIPNotAllowed, []string{"tenant:acme"}},
 		{"scopes before spending", nil, Request{ClientIP: inside, RequiredScopes: []string{"admin"}}, TenantActive, CodeRateLimited, CodeInsufficientScope, []string{"tenant:acme"}},
 		{"spend refuses last", nil, Request{ClientIP: inside}, TenantActive, CodeRateLimited, CodeRateLimited, []string{"tenant:acme", "spend"}},
+		{"quota refuses last", nil, Request{ClientIP: inside}, TenantActive, CodeQuotaExceeded, CodeQuotaExceeded, []string{"tenant:acme", "spend"}},
 		{"tenant-limited, own key", nil, Request{Tenant: "acme", ClientIP: inside}, TenantActive, "", CodeValid, []string{"tenant:acme", "spend"}},
 	}
 	for _, c := range cases {
@@ -66,15 +70,21 @@ func TestDecideOrder(t *testing.T) {
 			var asked []string
 			st := fakeStore{status: map[string]string{"acme": c.status}, spend: c.spend, askedState: &asked}
 			got, err := Decide(context.Background(), st, &c.req, &k, 7, now)
-			if err != nil || got != c.want {
-				t.Fatalf("Decide = %s %v, want %s", got, err, c.want)
+			if err != nil || got.Code != c.want {
+				t.Fatalf("Decide = %s %v, want %s", got.Code, err, c.want)
 			}
 			if !reflect.DeepEqual(asked, c.asked) {
 				t.Fatalf("asked %v, want %v", asked, c.asked)
 			}
 		})
 	}
+	// The quota Spend found comes back with the verdict, VALID or not.
 	var asked []string
+	q := Quota{Limit: 5, Remaining: 4, ResetsAt: now.Add(time.Hour).UnixNano()}
+	v, err := Decide(context.Background(), fakeStore{status: map[string]string{"acme": TenantActive}, quota: q, askedState: &asked}, &Request{}, &Key{Tenant: "acme"}, 7, now)
+	if err != nil || v.Code != CodeValid || v.Quota != q {
+		t.Fatalf("quota not passed on: %+v %v", v, err)
+	}
 	boom := errors.New("storage down")
 	st := fakeStore{err: boom, askedState: &asked}
 	if _, err := Decide(context.Background(), st, &Request{}, &Key{Tenant: "acme"}, 7, now); !errors.Is(err, boom) {
@@ -114,7 +124,7 @@ func TestAccessRules(t *testing.T) {
 func TestHTTPStatus(t *testing.T) {
 	want := map[string]int{
 		CodeValid: 200, CodeMalformed: 401, CodeNotFound: 401, CodeExpired: 401, CodeTenantSuspended: 401,
-		CodeMissing: 401, CodeInsufficientScope: 403, CodeIPNotAllowed: 403, CodeRateLimited: 429,
+		CodeMissing: 401, CodeDisabled: 401, CodeInsufficientScope: 403, CodeIPNotAllowed: 403, CodeRateLimited: 429, CodeQuotaExceeded: 429,
 		CodeStale: 503, CodeUnavailable: 503,
 	}
 	for code, status := range want {
@@ -161,10 +171,24 @@ func TestAnswerDataMatchesJSON(t *testing.T) {
 		Environment: "live", Metadata: map[string]string{"team": "a"}, ExpiresAt: Expiry(time.Unix(5, 0).UnixNano()),
 		Kind: "dynamic", InGrace: true,
 	}
+	a.SetQuota(Quota{Limit: 10, Remaining: 3, ResetsAt: time.Unix(3600, 0).UnixNano()})
+	if *a.QuotaRemaining != 3 || *a.QuotaResetsAt != "1970-01-01T01:00:00Z" {
+		t.Fatalf("SetQuota: %v %v", *a.QuotaRemaining, *a.QuotaResetsAt)
+	}
 	if got, want := keysOf(a.Data()), jsonFields(t, a); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Data() names %v, JSON names %v", got, want)
 	}
-	for _, in := range []Answer{a, {Valid: true, Code: CodeValid, KeyID: "k"}, Refusal(CodeExpired)} {
+	over := Refusal(CodeQuotaExceeded)
+	over.SetQuota(Quota{Limit: 10, ResetsAt: time.Unix(3600, 0).UnixNano()})
+	if over.QuotaRemaining != nil || over.QuotaResetsAt == nil {
+		t.Fatalf("a refusal over quota carries its reset only: %+v", over)
+	}
+	unlimited := Answer{Valid: true, Code: CodeValid}
+	unlimited.SetQuota(Quota{})
+	if unlimited.QuotaRemaining != nil || unlimited.QuotaResetsAt != nil {
+		t.Fatal("no quota, yet quota fields")
+	}
+	for _, in := range []Answer{a, {Valid: true, Code: CodeValid, KeyID: "k"}, Refusal(CodeExpired), over} {
 		b, err := json.Marshal(in.Data())
 		if err != nil {
 			t.Fatal(err)

@@ -22,9 +22,27 @@ type Request struct {
 // Key is what the checks read of a found key.
 type Key struct {
 	Tenant    string
-	ExpiresAt int64    // unix nanoseconds; 0 never
-	Scopes    []string // sorted
-	CIDRs     []netip.Prefix
+	ExpiresAt int64 // unix nanoseconds; 0 never
+	// Disabled: parked by its owner; it answers DISABLED until enabled.
+	Disabled bool
+	Scopes   []string // sorted
+	CIDRs    []netip.Prefix
+}
+
+// Quota is where a key stands against the quota that applies to it (the
+// role's, or the tenant's when that leaves less), as Spend found it.
+type Quota struct {
+	// Limit is requests per period; 0: no quota applies.
+	Limit     int64
+	Remaining int64
+	// ResetsAt is the start of the next period, unix nanoseconds.
+	ResetsAt int64
+}
+
+// Verdict is Decide's answer: the code, and the quota when one applies.
+type Verdict struct {
+	Code  string
+	Quota Quota
 }
 
 // Store is what a verifier keeps beside its keys. Decide asks it only as
@@ -33,11 +51,12 @@ type Key struct {
 type Store[K any] interface {
 	// TenantStatus is the status of the tenant, "" when it does not exist.
 	TenantStatus(ctx context.Context, tenant string) (string, error)
-	// Spend takes one request from k's allowances (its rate limit) and
-	// answers the code that refuses it, or "" when it may pass. Decide
-	// asks it only for a request that passed every other check, so a
-	// refused request spends nothing.
-	Spend(k K, now time.Time) string
+	// Spend takes one request from k's allowances (its rate limit, then
+	// its quota) and answers the code that refuses it, or "" when it may
+	// pass, with the quota's state when one applies. Decide asks it only
+	// for a request that passed every other check, so a refused request
+	// spends nothing.
+	Spend(k K, now time.Time) (string, Quota)
 }
 
 // WellFormed is the offline check that comes before any other: a presented
@@ -55,41 +74,47 @@ func WellFormed(apiKey string) bool {
 //	past its expiry                                   EXPIRED
 //	tenant gone                                       NOT_FOUND
 //	tenant suspended                                  TENANT_SUSPENDED
+//	key disabled by its owner                         DISABLED
 //	client IP outside the key's CIDRs                 IP_NOT_ALLOWED
 //	a required scope the key lacks                    INSUFFICIENT_SCOPE
-//	over its allowance (st.Spend)                     RATE_LIMITED
+//	over its rate limit (st.Spend)                    RATE_LIMITED
+//	over its quota (st.Spend)                         QUOTA_EXCEEDED
 //	else                                              VALID
 //
 // MALFORMED (WellFormed) and an unknown key (NOT_FOUND) come before it.
 // Expiry is decided here even though a lease revokes its key: a revoke that
 // has not run yet, or failed, must not keep a key alive.
-func Decide[K any, S Store[K]](ctx context.Context, st S, r *Request, f *Key, k K, now time.Time) (string, error) {
+func Decide[K any, S Store[K]](ctx context.Context, st S, r *Request, f *Key, k K, now time.Time) (Verdict, error) {
 	if r.Tenant != "" && f.Tenant != r.Tenant {
-		return CodeNotFound, nil
+		return Verdict{Code: CodeNotFound}, nil
 	}
 	if f.ExpiresAt != 0 && now.UnixNano() >= f.ExpiresAt {
-		return CodeExpired, nil
+		return Verdict{Code: CodeExpired}, nil
 	}
 	status, err := st.TenantStatus(ctx, f.Tenant)
 	if err != nil {
-		return "", err
+		return Verdict{}, err
 	}
 	switch status {
 	case "", TenantDeleted:
-		return CodeNotFound, nil
+		return Verdict{Code: CodeNotFound}, nil
 	case TenantSuspended:
-		return CodeTenantSuspended, nil
+		return Verdict{Code: CodeTenantSuspended}, nil
+	}
+	if f.Disabled {
+		return Verdict{Code: CodeDisabled}, nil
 	}
 	if !AllowsIP(f.CIDRs, r.ClientIP) {
-		return CodeIPNotAllowed, nil
+		return Verdict{Code: CodeIPNotAllowed}, nil
 	}
 	if !HasScopes(f.Scopes, r.RequiredScopes) {
-		return CodeInsufficientScope, nil
+		return Verdict{Code: CodeInsufficientScope}, nil
 	}
-	if code := st.Spend(k, now); code != "" {
-		return code, nil
+	code, q := st.Spend(k, now)
+	if code == "" {
+		code = CodeValid
 	}
-	return CodeValid, nil
+	return Verdict{Code: code, Quota: q}, nil
 }
 
 // AllowsIP reports whether ip may present a key restricted to cidrs; no

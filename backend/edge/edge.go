@@ -194,20 +194,24 @@ func (e *Edge) verify(ctx context.Context, r *Request) (Answer, string, error) {
 	}
 	// The tenant's status was read with the key, under one lock, so the
 	// decision sees the two from the same moment of the feed.
-	code, err := contract.Decide(ctx, edgeStore{status: status}, r, &k.facts, k, now)
+	v, err := contract.Decide(ctx, edgeStore{status: status}, r, &k.facts, k, now)
 	if err != nil {
 		return Answer{}, "", err
 	}
-	if code != contract.CodeValid {
-		return contract.Refusal(code), "local", nil
+	if v.Code != contract.CodeValid {
+		a := contract.Refusal(v.Code)
+		a.SetQuota(v.Quota)
+		return a, "local", nil
 	}
 	k.markUsed(now)
 	w := k.w
-	return Answer{
+	a := Answer{
 		Valid: true, Code: contract.CodeValid, KeyID: w.KeyID, Tenant: w.Tenant, Role: w.Role,
 		Scopes: w.Scopes, Environment: w.Environment, Metadata: w.Metadata,
 		ExpiresAt: contract.Expiry(k.facts.ExpiresAt), Kind: w.Kind, InGrace: w.InGrace,
-	}, "local", nil
+	}
+	a.SetQuota(v.Quota)
+	return a, "local", nil
 }
 
 // edgeStore is the verify contract's Store over the edge's memory: the
@@ -217,11 +221,11 @@ type edgeStore struct{ status string }
 
 func (st edgeStore) TenantStatus(context.Context, string) (string, error) { return st.status, nil }
 
-func (edgeStore) Spend(k *key, now time.Time) string {
+func (edgeStore) Spend(k *key, now time.Time) (string, contract.Quota) {
 	if k.limiter != nil && !k.limiter.AllowN(now, 1) {
-		return contract.CodeRateLimited
+		return contract.CodeRateLimited, contract.Quota{}
 	}
-	return ""
+	return "", contract.Quota{}
 }
 
 // fallthroughVerify asks Vault about a key the edge does not hold: one
