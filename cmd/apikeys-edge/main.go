@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -41,6 +42,27 @@ func envDuration(name string, def time.Duration) time.Duration {
 		}
 	}
 	return def
+}
+
+// readSecretID returns the AppRole secret_id from file, or from
+// EDGE_SECRET_ID when no file is named, without surrounding whitespace, as
+// Vault Agent reads its AppRole files: a file written by echo or a sink, or
+// a variable filled from one, ends with a newline. Vault's AppRole login
+// (1.21) trims it as well; the edge does not count on that, and names an
+// empty file here instead of failing the login with "missing secret_id".
+func readSecretID(file string) (string, error) {
+	if file == "" {
+		return strings.TrimSpace(os.Getenv("EDGE_SECRET_ID")), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("read secret_id file: %w", err)
+	}
+	id := strings.TrimSpace(string(b))
+	if id == "" {
+		return "", fmt.Errorf("secret_id file %s is empty", file)
+	}
+	return id, nil
 }
 
 func run(log hclog.Logger, args []string) error {
@@ -75,16 +97,12 @@ func run(log hclog.Logger, args []string) error {
 	if err != nil {
 		return fmt.Errorf("vault client: %w", err)
 	}
-	secretID := os.Getenv("EDGE_SECRET_ID")
-	if *secretIDFile != "" {
-		b, err := os.ReadFile(*secretIDFile)
-		if err != nil {
-			return fmt.Errorf("read secret_id file: %w", err)
-		}
-		secretID = string(b)
+	secretID, err := readSecretID(*secretIDFile)
+	if err != nil {
+		return err
 	}
 	e, err := edge.New(edge.Config{
-		Client: client, Mount: *mount, AppRoleMount: *approleMount, RoleID: *roleID, SecretID: secretID,
+		Client: client, Mount: *mount, AppRoleMount: *approleMount, RoleID: strings.TrimSpace(*roleID), SecretID: secretID,
 		Staleness: *staleness, PollWait: *pollWait, NegativeTTL: *negTTL, Logger: log,
 	})
 	if err != nil {
