@@ -21,7 +21,7 @@ import (
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // gatewayToken makes a token holding only the bootstrap gateway-global

@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // TestEdgeKeepsServingWhenVaultStopsThenFailsClosed stops a real Vault

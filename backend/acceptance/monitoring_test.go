@@ -26,7 +26,7 @@ import (
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 const receiverSecret = "acceptance-webhook-secret-0123"
