@@ -296,7 +296,8 @@ func regenerateKey(t *testing.T, key string) string {
 }
 
 // TestEdgeLoad measures /check on loopback next to Vault's GET verify and a
-// KV v2 read, same load tool and concurrency, same run. It only reports:
+// KV v2 read, same load tool and concurrency, same run. It reports the
+// figures, and fails when an answer was not the expected one:
 // APIKEYS_EDGE_LOAD=10s go test -run TestEdgeLoad -v ./backend/acceptance/
 func TestEdgeLoad(t *testing.T) {
 	d, err := time.ParseDuration(os.Getenv("APIKEYS_EDGE_LOAD"))
@@ -334,15 +335,30 @@ func TestEdgeLoad(t *testing.T) {
 		}
 		var m vegeta.Metrics
 		var bad int
+		var firstBad *vegeta.Result
 		for r := range attacker().Attack(vegeta.NewStaticTargeter(tg.tgt), vegeta.Rate{Freq: 0}, d, tg.name) {
 			m.Add(r)
 			if r.Code != 200 || !strings.Contains(string(r.Body), tg.want) {
-				bad++
+				if bad++; firstBad == nil {
+					firstBad = r
+				}
 			}
 		}
 		m.Close()
 		t.Logf("%-18s %8.0f req/s  p50 %-10s p99 %-10s errors %d", tg.name,
 			float64(m.Requests-uint64(bad))/(m.Duration+m.Wait).Seconds(), m.Latencies.P50, m.Latencies.P99, bad)
+		// A figure is only worth something if every answer was the right one.
+		switch {
+		case m.Requests == 0:
+			t.Errorf("%s: no request completed in %s", tg.name, d)
+		case bad > 0:
+			body := string(firstBad.Body)
+			if len(body) > 300 {
+				body = body[:300] + "…"
+			}
+			t.Errorf("%s: %d of %d answers were not HTTP 200 with %s; first: HTTP %d, error %q, body %s",
+				tg.name, bad, m.Requests, tg.want, firstBad.Code, firstBad.Error, body)
+		}
 	}
 	t.Logf("edge fallthroughs to Vault during the run: %v", f.metric("apikeys_edge_vault_verify_total"))
 }
