@@ -121,18 +121,6 @@ func (r *receiver) count(typ string) int {
 	return n
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // scrapeMetrics reads <mount>/metrics over plain HTTP with a token, as
 // Prometheus does, and parses it with Prometheus' parser.
 func scrapeMetrics(t *testing.T, addr, token, mount string) map[string]*dto.MetricFamily {
@@ -279,12 +267,12 @@ func TestMonitoringThroughVault(t *testing.T) {
 
 	// The scan finds both keys inside the 2h warning window: the dynamic
 	// key (1h TTL) and the static key's old key (10m grace).
-	waitFor(t, 20*time.Second, "key-expiring", func() bool { return rcv.count(notify.KeyExpiring) >= 2 })
+	testvault.WaitFor(t, 20*time.Second, "key-expiring", func() bool { return rcv.count(notify.KeyExpiring) >= 2 })
 	e.revokeLease(k.lease)
 	e.wantCode(k.key, "NOT_FOUND")
 
 	// Every event so far reaches the receiver, signed.
-	waitFor(t, 20*time.Second, "events", func() bool {
+	testvault.WaitFor(t, 20*time.Second, "events", func() bool {
 		return rcv.count(notify.KeyIssued) >= 2 && rcv.count(notify.KeyRotated) >= 1 && rcv.count(notify.KeyRevoked) >= 1 &&
 			rcv.count(notify.VerifyAnomaly) >= 1
 	})
@@ -296,19 +284,19 @@ func TestMonitoringThroughVault(t *testing.T) {
 	for range 3 {
 		e.issue("acme", "web", nil)
 	}
-	waitFor(t, 10*time.Second, "a delivery to hang", func() bool {
+	testvault.WaitFor(t, 10*time.Second, "a delivery to hang", func() bool {
 		fams := scrapeMetrics(t, srv.Addr, srv.Token, e.mount)
 		return sample(fams, "apikeys_notification_queue_depth") >= 1
 	})
 	h50, h95 := verifyLatency(t, e.c, verifyPath, static["api_key"].(string), 200)
 	t.Logf("verify latency through Vault, receiver healthy: p50 %s p95 %s; receiver hanging: p50 %s p95 %s", p50, p95, h50, h95)
 	rcv.setMode("up")
-	waitFor(t, 20*time.Second, "the held events", func() bool { return rcv.count(notify.KeyIssued) >= 5 })
+	testvault.WaitFor(t, 20*time.Second, "the held events", func() bool { return rcv.count(notify.KeyIssued) >= 5 })
 
 	// Suspension, once.
 	write(t, e.c, e.path("tenants/acme"), map[string]interface{}{"status": "suspended"})
 	write(t, e.c, e.path("tenants/acme"), map[string]interface{}{"display_name": "Acme (suspended)"})
-	waitFor(t, 10*time.Second, "tenant-suspended", func() bool { return rcv.count(notify.TenantSuspended) == 1 })
+	testvault.WaitFor(t, 10*time.Second, "tenant-suspended", func() bool { return rcv.count(notify.TenantSuspended) == 1 })
 
 	for _, ev := range rcv.got() {
 		if ev.Tenant != "acme" || ev.ID == "" {
@@ -440,7 +428,7 @@ func (v *fileVault) start() {
 	v.exited = make(chan struct{})
 	cmd, exited := v.cmd, v.exited
 	go func() { _ = cmd.Wait(); close(exited) }()
-	waitFor(v.t, 60*time.Second, "vault to listen", func() bool {
+	testvault.WaitFor(v.t, 60*time.Second, "vault to listen", func() bool {
 		select {
 		case <-exited:
 			v.t.Fatalf("vault exited:\n%s", v.tail())
@@ -456,7 +444,7 @@ func (v *fileVault) unseal() {
 	if _, err := v.client.Sys().Unseal(v.unsealKey); err != nil {
 		v.t.Fatalf("unseal: %v", err)
 	}
-	waitFor(v.t, 60*time.Second, "vault to be active", func() bool {
+	testvault.WaitFor(v.t, 60*time.Second, "vault to be active", func() bool {
 		h, err := v.client.Sys().Health()
 		return err == nil && h.Initialized && !h.Sealed && !h.Standby
 	})
@@ -521,7 +509,7 @@ func (v *fileVault) mountDir() string {
 func (v *fileVault) breakWAL() (undo func()) {
 	v.t.Helper()
 	p := filepath.Join(v.mountDir(), "wal")
-	waitFor(v.t, 20*time.Second, "a moment without a rotation in flight", func() bool {
+	testvault.WaitFor(v.t, 20*time.Second, "a moment without a rotation in flight", func() bool {
 		return os.WriteFile(p, []byte("not a directory"), 0o600) == nil
 	})
 	return func() {
@@ -558,17 +546,17 @@ func TestNotificationsSurviveVaultRestart(t *testing.T) {
 	metric := func(name string, labels ...string) float64 {
 		return sample(scrapeMetrics(t, v.addr, v.token, v.mount), name, labels...)
 	}
-	waitFor(t, 20*time.Second, "a scheduled rotation", func() bool { return metric("apikeys_rotations_total", "tenant", "acme") >= 1 })
+	testvault.WaitFor(t, 20*time.Second, "a scheduled rotation", func() bool { return metric("apikeys_rotations_total", "tenant", "acme") >= 1 })
 	undo := v.breakWAL()
-	waitFor(t, 30*time.Second, "a failed rotation", func() bool { return metric("apikeys_rotation_failures_total", "tenant", "acme") >= 1 })
+	testvault.WaitFor(t, 30*time.Second, "a failed rotation", func() bool { return metric("apikeys_rotation_failures_total", "tenant", "acme") >= 1 })
 	undo()
 	// The retry (5 s later) succeeds; then rotations slow down for the rest.
-	waitFor(t, 30*time.Second, "the retried rotation", func() bool { return metric("apikeys_rotations_total", "tenant", "acme") >= 2 })
+	testvault.WaitFor(t, 30*time.Second, "the retried rotation", func() bool { return metric("apikeys_rotations_total", "tenant", "acme") >= 2 })
 	v.write("tenants/acme/static-keys/app", map[string]interface{}{"rotation_period": "1h", "grace_period": "10m"})
 	write(t, v.client, "sys/leases/revoke", map[string]interface{}{"lease_id": k.LeaseID})
 	v.write("tenants/acme", map[string]interface{}{"status": "suspended"})
 
-	waitFor(t, 20*time.Second, "every event type raised", func() bool {
+	testvault.WaitFor(t, 20*time.Second, "every event type raised", func() bool {
 		fams := scrapeMetrics(t, v.addr, v.token, v.mount)
 		for _, typ := range notify.Types {
 			if sample(fams, "apikeys_events_total", "type", typ) < 1 {
@@ -589,7 +577,7 @@ func TestNotificationsSurviveVaultRestart(t *testing.T) {
 	v.start()
 	v.unseal()
 	rcv.setMode("up")
-	waitFor(t, 60*time.Second, "the outbox to drain after the restart", func() bool {
+	testvault.WaitFor(t, 60*time.Second, "the outbox to drain after the restart", func() bool {
 		s, err := v.client.Logical().Read(v.path("info"))
 		if err != nil || s == nil {
 			return false
