@@ -10,12 +10,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -352,11 +350,10 @@ func TestMonitoringThroughVault(t *testing.T) {
 // the process), for the restart test.
 type fileVault struct {
 	t                       *testing.T
-	dir, config, addr, log  string
+	dir, config, addr       string
 	token, unsealKey, mount string
 	client                  *api.Client
-	cmd                     *exec.Cmd
-	exited                  chan struct{}
+	proc                    *testvault.ServerProcess
 }
 
 func startFileVault(t *testing.T) *fileVault {
@@ -367,7 +364,7 @@ func startFileVault(t *testing.T) *fileVault {
 	}
 	v := &fileVault{t: t, dir: t.TempDir(), addr: fmt.Sprintf("http://127.0.0.1:%d", port), mount: "apikeys"}
 	v.config = filepath.Join(v.dir, "vault.hcl")
-	v.log = filepath.Join(v.dir, "vault.log")
+	v.proc = testvault.NewServerProcess(srv.VaultBin, v.config, filepath.Join(v.dir, "vault.log"), "-log-level=info")
 	cfg := fmt.Sprintf(`
 storage "file" { path = %q }
 listener "tcp" {
@@ -414,29 +411,9 @@ disable_mlock    = true
 
 func (v *fileVault) start() {
 	v.t.Helper()
-	logFile, err := os.OpenFile(v.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
+	if err := v.proc.Start(context.Background(), v.client, 60*time.Second); err != nil {
 		v.t.Fatal(err)
 	}
-	defer logFile.Close()
-	v.cmd = exec.Command(srv.VaultBin, "server", "-config="+v.config, "-log-level=info")
-	v.cmd.Stdout, v.cmd.Stderr = logFile, logFile
-	v.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := v.cmd.Start(); err != nil {
-		v.t.Fatal(err)
-	}
-	v.exited = make(chan struct{})
-	cmd, exited := v.cmd, v.exited
-	go func() { _ = cmd.Wait(); close(exited) }()
-	testvault.WaitFor(v.t, 60*time.Second, "vault to listen", func() bool {
-		select {
-		case <-exited:
-			v.t.Fatalf("vault exited:\n%s", v.tail())
-		default:
-		}
-		_, err := v.client.Sys().SealStatus()
-		return err == nil
-	})
 }
 
 func (v *fileVault) unseal() {
@@ -452,30 +429,9 @@ func (v *fileVault) unseal() {
 
 // stop ends Vault the way an operator does (SIGTERM), so the plugin gets
 // its Clean call; what survives is what was in storage.
-func (v *fileVault) stop() {
-	if v.cmd == nil {
-		return
-	}
-	pgid := v.cmd.Process.Pid
-	_ = syscall.Kill(-pgid, syscall.SIGTERM)
-	select {
-	case <-v.exited:
-	case <-time.After(30 * time.Second):
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		<-v.exited
-	}
-	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	v.cmd = nil
-}
+func (v *fileVault) stop() { v.proc.Stop() }
 
-func (v *fileVault) tail() string {
-	data, _ := os.ReadFile(v.log)
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > 40 {
-		lines = lines[len(lines)-40:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (v *fileVault) tail() string { return v.proc.LogTail(40) }
 
 func (v *fileVault) path(p string) string { return v.mount + "/" + p }
 

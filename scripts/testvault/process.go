@@ -133,6 +133,31 @@ func (p *process) LogTail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// ServerProcess is a `vault server -config=...` of the caller's making (on
+// a storage backend the harness does not set up, say), run as Start and
+// StartCluster run theirs: in its own process group, killed with the
+// caller, logging to a file appended across restarts, with Stop, Kill,
+// Running, PID, Log and LogTail.
+type ServerProcess struct{ process }
+
+// NewServerProcess prepares `vault server -config=configPath args...`,
+// logging to logPath.
+func NewServerProcess(vaultBin, configPath, logPath string, args ...string) *ServerProcess {
+	return &ServerProcess{process{
+		LogPath: logPath, name: "vault", bin: vaultBin,
+		args: append([]string{"server", "-config=" + configPath}, args...),
+	}}
+}
+
+// Start starts the server (again, after Stop or Kill) and waits until it
+// answers sys/health through client, in any state.
+func (p *ServerProcess) Start(ctx context.Context, client *api.Client, timeout time.Duration) error {
+	if err := p.start(); err != nil {
+		return err
+	}
+	return p.waitUp(ctx, client, timeout, nil)
+}
+
 var errPortTaken = errors.New("port already in use")
 
 // waitUp polls sys/health until ready accepts the answer (nil: any
