@@ -68,18 +68,12 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	if opts.Nodes == 0 {
 		opts.Nodes = 3
 	}
-	if opts.PluginVersion == "" {
-		opts.PluginVersion = DefaultPluginVersion
-	}
-	logf := opts.Log
-	if logf == nil {
-		logf = discard
-	}
-	a, err := prepare("apikeys-ha-", opts.PluginVersion, logf)
+	a, err := prepare("apikeys-ha-", opts.PluginVersion, opts.Log)
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: a.dir, VaultBin: a.vaultBin, PluginVersion: opts.PluginVersion, PluginSHA256: a.sha256, logf: logf}
+	logf := a.logf
+	c := &Cluster{Dir: a.dir, VaultBin: a.vaultBin, PluginVersion: a.version, PluginSHA256: a.sha256, logf: logf}
 	ok := false
 	defer func() {
 		if !ok {

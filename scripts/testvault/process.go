@@ -238,9 +238,20 @@ func poll(ctx context.Context, timeout time.Duration, p pace, try func() (bool, 
 // a private directory with the plugin built into its plugins/.
 type artifacts struct {
 	vaultBin, dir, plugin, sha256 string
+	version                       string
+	logf                          func(string, ...interface{})
 }
 
-func prepare(pattern, version string, logf func(string, ...interface{})) (*artifacts, error) {
+// prepare makes the artifacts; version "" is DefaultPluginVersion, and a
+// nil log discards the progress lines.
+func prepare(pattern, version string, log func(string, ...interface{})) (*artifacts, error) {
+	if version == "" {
+		version = DefaultPluginVersion
+	}
+	logf := log
+	if logf == nil {
+		logf = func(string, ...interface{}) {}
+	}
 	root, err := RepoRoot()
 	if err != nil {
 		return nil, err
@@ -253,7 +264,7 @@ func prepare(pattern, version string, logf func(string, ...interface{})) (*artif
 	if err != nil {
 		return nil, fmt.Errorf("create server directory: %w", err)
 	}
-	a := &artifacts{vaultBin: vaultBin, dir: dir}
+	a := &artifacts{vaultBin: vaultBin, dir: dir, version: version, logf: logf}
 	pluginDir := filepath.Join(dir, "plugins")
 	if err := os.Mkdir(pluginDir, 0o755); err != nil {
 		os.RemoveAll(dir)
@@ -270,8 +281,6 @@ func prepare(pattern, version string, logf func(string, ...interface{})) (*artif
 	}
 	return a, nil
 }
-
-func discard(string, ...interface{}) {}
 
 // newClient talks to one server only: no retries, so a test sees each
 // answer (and each refusal) as it is.

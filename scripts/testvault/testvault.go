@@ -125,20 +125,14 @@ func FileSHA256(path string) (string, error) {
 // version. Call Cleanup when done (Stop leaves the directory); the server
 // also dies with the calling process, even when that process panics.
 func Start(ctx context.Context, opts Options) (*Server, error) {
-	if opts.PluginVersion == "" {
-		opts.PluginVersion = DefaultPluginVersion
-	}
-	logf := opts.Log
-	if logf == nil {
-		logf = discard
-	}
-	a, err := prepare("apikeys-vault-", opts.PluginVersion, logf)
+	a, err := prepare("apikeys-vault-", opts.PluginVersion, opts.Log)
 	if err != nil {
 		return nil, err
 	}
+	logf := a.logf
 	s := &Server{
 		VaultBin: a.vaultBin, Dir: a.dir, PluginDir: filepath.Dir(a.plugin),
-		PluginVersion: opts.PluginVersion, PluginSHA256: a.sha256,
+		PluginVersion: a.version, PluginSHA256: a.sha256,
 	}
 	s.process = process{LogPath: filepath.Join(s.Dir, "vault.log"), name: "vault", bin: s.VaultBin, freshLog: true}
 	// Another test binary may grab the same port between our probe and
@@ -148,7 +142,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	logf("vault dev server at %s", s.Addr)
-	if err := s.RegisterPlugin(ctx, a.plugin, opts.PluginVersion); err != nil {
+	if err := s.RegisterPlugin(ctx, a.plugin, a.version); err != nil {
 		s.Cleanup()
 		return nil, err
 	}
