@@ -146,7 +146,7 @@ func (b *backend) raiseAnomaly(a anomaly) {
 	}
 	go func() {
 		defer b.anomaliesInFlight.Add(-1)
-		b.reportAnomaly(a, time.Now())
+		b.reportAnomaly(a, b.usage.now())
 	}()
 }
 

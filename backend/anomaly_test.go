@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 func TestRollingBaselineAndOneFirePerWindow(t *testing.T) {
@@ -107,13 +109,9 @@ func TestFailureBurstRaisesOneAnomalyPerTenantAndIP(t *testing.T) {
 		verifyReq(t, b, s, map[string]interface{}{"api_key": regenerate(t, key), "tenant": "acme", "client_ip": "198.51.100.9"})
 		_ = i
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for b.anomaliesInFlight.Load() > 0 || metricValue(t, b, s, "apikeys_verify_anomalies_total", map[string]string{"kind": anomalyIPFailures}) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("anomalies not reported")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testvault.WaitFor(t, 5*time.Second, "the anomalies to be reported", func() bool {
+		return b.anomaliesInFlight.Load() == 0 && metricValue(t, b, s, "apikeys_verify_anomalies_total", map[string]string{"kind": anomalyIPFailures}) >= 1
+	})
 	if n := metricValue(t, b, s, "apikeys_verify_anomalies_total", map[string]string{"tenant": "acme", "kind": anomalyTenantFailures}); n != 1 {
 		t.Fatalf("%v tenant-failures anomalies for 30 failures in one window, want 1", n)
 	}
@@ -145,11 +143,10 @@ func TestKeySpikeAgainstItsOwnBaseline(t *testing.T) {
 	for range 30 {
 		b.recordVerify(&contract.Request{APIKey: key}, out, time.Now())
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for metricValue(t, b, s, "apikeys_verify_anomalies_total", map[string]string{"kind": anomalyKeySpike}) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("no key-spike anomaly for 30 verifies against a baseline of 4")
+	testvault.WaitFor(t, 5*time.Second, "a key-spike anomaly for 30 verifies against a baseline of 4", func() error {
+		if n := metricValue(t, b, s, "apikeys_verify_anomalies_total", map[string]string{"kind": anomalyKeySpike}); n != 1 {
+			return fmt.Errorf("%v key-spike anomalies", n)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }

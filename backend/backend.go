@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
@@ -64,10 +63,6 @@ type backend struct {
 	// config is the mount config as the tenant guard reads it.
 	config configCache
 
-	// clock is verify's time (expiry, rate limits); time.Now but in tests
-	// that decide at a chosen moment.
-	clock func() time.Time
-
 	// monitoring: usage counters, metrics, notifications (monitoring.go).
 	*monitoring
 }
@@ -91,7 +86,6 @@ func newBackend() *backend {
 		cache:       newVerifyCache(),
 		limiter:     newRateLimiter(),
 		rotations:   newRotationEngine(),
-		clock:       time.Now,
 	}
 	b.stopCtx, b.stop = context.WithCancel(context.Background())
 	b.monitoring = newMonitoring(b)

@@ -77,6 +77,10 @@ type edgeFeed struct {
 	verifierMu sync.RWMutex
 	verifier   *keyformat.Hasher
 	verSecret  []byte
+
+	// waiting counts long polls blocked in wait (guarded by mu): a test
+	// appends once a poll waits, instead of sleeping first.
+	waiting int
 }
 
 // waitChan returns a channel closed by the next append (or invalidation).
@@ -508,15 +512,32 @@ func (b *backend) pathSyncChanges(ctx context.Context, req *logical.Request, d *
 			page := contract.ChangesPage{Changes: changes, Seq: seq, Head: head.Seq}
 			return &logical.Response{Data: page.Data()}, nil
 		}
-		t := time.NewTimer(left)
-		select {
-		case <-ch:
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("wait for edge changes: %w", ctx.Err())
+		if err := b.feed.wait(ctx, ch, left); err != nil {
+			return nil, fmt.Errorf("wait for edge changes: %w", err)
 		}
-		t.Stop()
+	}
+}
+
+// wait blocks until ch is closed (an append or an invalidation), d has
+// passed or ctx ends.
+func (f *edgeFeed) wait(ctx context.Context, ch chan struct{}, d time.Duration) error {
+	f.mu.Lock()
+	f.waiting++
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.waiting--
+		f.mu.Unlock()
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return nil
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

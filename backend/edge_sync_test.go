@@ -14,6 +14,7 @@ import (
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 func (b *backend) changes(t *testing.T, s logical.Storage, since uint64) ([]*contract.Change, uint64) {
@@ -155,12 +156,18 @@ func TestEdgeFeedCompactionAsksForResync(t *testing.T) {
 	}
 }
 
+// waitingPolls is how many sync/changes long polls wait for a change.
+func (f *edgeFeed) waitingPolls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.waiting
+}
+
 func TestEdgeFeedLongPoll(t *testing.T) {
 	b, s := newTestBackend(t)
 	setupAcme(t, b, s)
 	_, seq := b.changes(t, s, 0)
 	done := make(chan *logical.Response, 1)
-	start := time.Now()
 	go func() {
 		resp, err := b.HandleRequest(context.Background(), &logical.Request{
 			Operation: logical.ReadOperation, Path: "sync/changes", Storage: s,
@@ -171,14 +178,21 @@ func TestEdgeFeedLongPoll(t *testing.T) {
 		}
 		done <- resp
 	}()
-	time.Sleep(100 * time.Millisecond)
+	// The poll found nothing and waits: the change below must wake it, and
+	// can no longer be there on its first look.
+	testvault.WaitFor(t, 10*time.Second, "the long poll to wait", func() bool { return b.feed.waitingPolls() == 1 })
 	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": contract.TenantSuspended})
-	resp := <-done
+	var resp *logical.Response
+	select {
+	case resp = <-done:
+	case <-time.After(20 * time.Second): // the poll's own wait is 30 s
+		t.Fatal("long poll was not woken by the change")
+	}
 	if c := resp.Data["changes"].([]*contract.Change); len(c) != 1 || c[0].Op != contract.OpTenant {
 		t.Fatalf("long poll: %+v", c)
 	}
-	if time.Since(start) > 20*time.Second {
-		t.Fatal("long poll was not woken by the change")
+	if n := b.feed.waitingPolls(); n != 0 {
+		t.Fatalf("%d polls still counted as waiting after the answer", n)
 	}
 
 	// With nothing to report, it returns empty after the wait.

@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 const hookSecret = "test-webhook-secret-0123456789"
@@ -89,16 +91,37 @@ func (h *hook) ofType(typ string) []notify.Event {
 // waitEvents waits until the receiver holds n events of typ.
 func (h *hook) waitEvents(typ string, n int) []notify.Event {
 	h.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if evs := h.ofType(typ); len(evs) >= n {
-			return evs
+	var evs []notify.Event
+	testvault.WaitFor(h.t, 10*time.Second, fmt.Sprintf("%d %s events", n, typ), func() error {
+		if evs = h.ofType(typ); len(evs) < n {
+			return fmt.Errorf("receiver has %v", h.got())
 		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("waited for %d %s events; receiver has %v", n, typ, h.got())
+		return nil
+	})
+	return evs
+}
+
+// settle returns once everything b has decided to send so far has reached
+// the receivers: no anomaly report in flight (raiseAnomaly counts one
+// before its goroutine starts), nothing queued or in flight in the
+// dispatcher, and an empty outbox (emit stores a delivery before the
+// request that raised it returns; the dispatcher removes it only after the
+// receiver answered). A check that an event did not arrive runs after it:
+// had the event been raised, it would be here, or still in the outbox.
+func (h *hook) settle(b *backend, s logical.Storage) {
+	h.t.Helper()
+	testvault.WaitFor(h.t, 10*time.Second, "every raised notification to be delivered", func() error {
+		if n := b.anomaliesInFlight.Load(); n > 0 {
+			return fmt.Errorf("%d anomaly reports in flight", n)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		if n := b.dispatcher.Depth(); n > 0 {
+			return fmt.Errorf("%d deliveries queued or in flight", n)
+		}
+		if ids := outbox(h.t, s, notify.OutboxPrefix); len(ids) > 0 {
+			return fmt.Errorf("outbox holds %v", ids)
+		}
+		return nil
+	})
 }
 
 // newMonitored is a backend initialised as an active node, with fast
@@ -219,7 +242,7 @@ func TestEveryEventTypeReachesTheWebhookSigned(t *testing.T) {
 			t.Errorf("no %s event arrived", typ)
 		}
 	}
-	time.Sleep(100 * time.Millisecond)
+	h.settle(b, s)
 	if n := len(h.ofType(notify.TenantSuspended)); n != 1 {
 		t.Fatalf("%d tenant-suspended events, want 1", n)
 	}
@@ -237,7 +260,7 @@ func TestRevokingTwiceRaisesOneKeyRevoked(t *testing.T) {
 	if err := revokeLease(b, s, resp); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	h.settle(b, s)
 	if n := len(h.ofType(notify.KeyRevoked)); n != 1 {
 		t.Fatalf("%d key-revoked events for one key", n)
 	}
@@ -264,7 +287,7 @@ func TestFiltersPickTargets(t *testing.T) {
 	b.do(t, s, logical.DeleteOperation, "tenants/globex/keys/"+g.Data["key_id"].(string), nil)
 	all.waitEvents(notify.KeyRevoked, 2)
 	got := only.waitEvents(notify.KeyRevoked, 1)
-	time.Sleep(100 * time.Millisecond)
+	all.settle(b, s) // the outbox holds the deliveries of both targets
 	if len(only.got()) != 1 || got[0].Tenant != "globex" {
 		t.Fatalf("filtered target got %+v", only.got())
 	}
@@ -320,13 +343,7 @@ func TestDeadLettersAreListedReadableAndRequeued(t *testing.T) {
 	b.do(t, s, logical.UpdateOperation, "config/monitoring", map[string]interface{}{"delivery_max_attempts": 2})
 	h.setDown(true)
 	_, id, _ := setupAcme(t, b, s)
-	deadline := time.Now().Add(10 * time.Second)
-	for len(outbox(t, s, notify.FailedPrefix)) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no dead letter")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testvault.WaitFor(t, 10*time.Second, "a dead letter", func() bool { return len(outbox(t, s, notify.FailedPrefix)) > 0 })
 	list := b.do(t, s, logical.ListOperation, "notifications/failed/", nil)
 	ids := list.Data["keys"].([]string)
 	if len(ids) != 1 || !strings.HasSuffix(ids[0], ".ops") {
@@ -367,19 +384,11 @@ func TestRestartLosesNoNotification(t *testing.T) {
 	b1.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+id, nil)
 	_ = key
 	b1.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "suspended"})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testvault.WaitFor(t, 10*time.Second, "three delivery attempts", func() bool {
 		h.mu.Lock()
-		tries := h.tries
-		h.mu.Unlock()
-		if tries >= 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no delivery attempts")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		defer h.mu.Unlock()
+		return h.tries >= 3
+	})
 	queued := outbox(t, s, notify.OutboxPrefix)
 	if len(queued) != 3 {
 		t.Fatalf("outbox holds %d deliveries, want 3 (issued, revoked, suspended)", len(queued))
@@ -395,13 +404,7 @@ func TestRestartLosesNoNotification(t *testing.T) {
 	for _, typ := range []string{notify.KeyIssued, notify.KeyRevoked, notify.TenantSuspended} {
 		h.waitEvents(typ, 1)
 	}
-	deadline = time.Now().Add(10 * time.Second)
-	for len(outbox(t, s, notify.OutboxPrefix)) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("outbox not drained")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testvault.WaitFor(t, 10*time.Second, "the outbox to drain", func() bool { return len(outbox(t, s, notify.OutboxPrefix)) == 0 })
 	ids := map[string]string{}
 	for _, ev := range h.got() {
 		if prev, ok := ids[ev.Type]; ok && prev != ev.ID {
@@ -437,11 +440,5 @@ func TestInvalidateDropsExactlyItsEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.invalidate(ctx, monitorConfigPath)
-	deadline := time.Now().Add(5 * time.Second)
-	for b.usage.cfg.Load().TenantFailureThreshold != 7 {
-		if time.Now().After(deadline) {
-			t.Fatal("config/monitoring not reloaded")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testvault.WaitFor(t, 5*time.Second, "config/monitoring to reload", func() bool { return b.usage.cfg.Load().TenantFailureThreshold == 7 })
 }

@@ -341,7 +341,7 @@ func (b *backend) recordReport(r gatewayReport, hash *[32]byte) {
 	}
 	if r.lastUsedSec > 0 {
 		// A reporter's clock may run ahead; never record the future.
-		n := min(int64(r.lastUsedSec)*int64(time.Second), time.Now().UnixNano())
+		n := min(int64(r.lastUsedSec)*int64(time.Second), b.usage.now().UnixNano())
 		for {
 			cur := k.lastUsed.Load()
 			if n <= cur || k.lastUsed.CompareAndSwap(cur, n) {
@@ -504,7 +504,7 @@ func (b *backend) pathTenantUsageRead(ctx context.Context, req *logical.Request,
 		return nil, fmt.Errorf("list keys of tenant %q: %w", tenant, err)
 	}
 	sort.Strings(ids)
-	now := time.Now()
+	now := b.usage.now()
 	truncated := len(ids) > maxUsageKeys
 	if truncated {
 		ids = ids[:maxUsageKeys]

@@ -143,7 +143,8 @@ func (b *backend) handleVerify(ctx context.Context, req *logical.Request, d *fra
 		in.ClientIP = addr
 	}
 
-	now := b.clock()
+	// One clock read serves the decision and its count in the usage.
+	now := b.usage.now()
 	out, err := b.verify(ctx, req.Storage, &in, now)
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 func createStatic(t *testing.T, b *backend, s logical.Storage, data map[string]interface{}) {
@@ -339,15 +341,14 @@ func TestInitializeSurvivesAQueueLoadFailure(t *testing.T) {
 	s.mu.Lock()
 	s.failList = ""
 	s.mu.Unlock()
-	queued := 0
-	for deadline := time.Now().Add(10 * time.Second); queued != 1 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	testvault.WaitFor(t, 10*time.Second, "the rotation queue to load once storage recovered", func() error {
 		b.rotations.mu.Lock()
-		queued = b.rotations.q.Len()
-		b.rotations.mu.Unlock()
-	}
-	if queued != 1 {
-		t.Fatalf("rotation queue after storage recovered: %d items, want 1", queued)
-	}
+		defer b.rotations.mu.Unlock()
+		if n := b.rotations.q.Len(); n != 1 {
+			return fmt.Errorf("%d items, want 1", n)
+		}
+		return nil
+	})
 	cleaned := make(chan struct{})
 	go func() { b.Clean(context.Background()); close(cleaned) }()
 	select {

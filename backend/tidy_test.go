@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 func TestNonLeasedKeysExpireThroughTidy(t *testing.T) {
@@ -125,19 +127,15 @@ func TestTidyRunsInBackgroundAndReports(t *testing.T) {
 	if err != nil || resp == nil || resp.Data[logical.HTTPStatusCode] != 202 {
 		t.Fatalf("tidy: %v %v", resp, err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		st := b.do(t, s, logical.ReadOperation, "tidy/status", nil)
-		if st.Data["state"] == "finished" {
-			if st.Data["keys_checked"] != 1 || st.Data["trigger"] != "manual" {
-				t.Fatalf("status: %v", st.Data)
-			}
-			break
+	var st *logical.Response
+	testvault.WaitFor(t, 5*time.Second, "the tidy to finish", func() error {
+		if st = b.do(t, s, logical.ReadOperation, "tidy/status", nil); st.Data["state"] != "finished" {
+			return fmt.Errorf("status %v", st.Data)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tidy never finished: %v", st.Data)
-		}
-		time.Sleep(10 * time.Millisecond)
+		return nil
+	})
+	if st.Data["keys_checked"] != 1 || st.Data["trigger"] != "manual" {
+		t.Fatalf("status: %v", st.Data)
 	}
 	resp, _ = b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "tidy", Storage: s, Data: map[string]interface{}{"batch_size": 0}})
 	if resp == nil || !resp.IsError() {

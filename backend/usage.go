@@ -278,13 +278,20 @@ type usageTracker struct {
 	ipFailures ipWindow
 	cfg        atomic.Pointer[monitorConfig]
 
+	// now is the clock of the usage figures: the time a verify is counted
+	// at (the verify handler reads it once for the decision and the
+	// count), the stale and expiring windows of a usage read, the bound on
+	// a reported last use, flush times. time.Now, except in tests that
+	// move it instead of sleeping.
+	now func() time.Time
+
 	// recordLocks serialise the writes of one key's stored usage record
 	// (flush, tombstone, expiry mark) when the key is not in memory.
 	recordLocks []*locksutil.LockEntry
 }
 
 func newUsageTracker() *usageTracker {
-	u := &usageTracker{recordLocks: locksutil.CreateLocks()}
+	u := &usageTracker{recordLocks: locksutil.CreateLocks(), now: time.Now}
 	noTenants := map[string]*tenantUsage{}
 	u.tenants.Store(&noTenants)
 	for i := range u.shards {
@@ -442,14 +449,15 @@ func (u *usageTracker) tenantOfKey(apiKey string) string {
 // recordVerify is verify's only hook: it counts the answer in memory and
 // watches for anomalies. It must stay cheap: no allocation once a key and
 // tenant have been seen, no lock but a key shard's read lock, no clock read
-// but one (start is the time verify was given), and shared cache lines
-// written only when a value changes.
+// but the latency's (start is the time verify was given, from u.now), and
+// shared cache lines written only when a value changes.
 func (b *backend) recordVerify(in *contract.Request, out verifyOutcome, start time.Time) {
-	elapsed := time.Since(start)
-	b.metrics.verifyLatency.observe(elapsed)
+	b.metrics.verifyLatency.observe(time.Since(start))
 	u := b.usage
 	cfg := u.cfg.Load()
-	nowNano := start.UnixNano() + int64(elapsed)
+	// The request counts at the time it was given: last use shows whole
+	// seconds and a window is an hour or so, far above a verify's duration.
+	nowNano := start.UnixNano()
 	win := nowNano / int64(cfg.AnomalyWindow)
 
 	if out.Code == contract.CodeValid {
@@ -777,7 +785,7 @@ func (u *usageTracker) flushKey(ctx context.Context, s logical.Storage, id strin
 // flushUsage is the periodic and Clean-time flush. Read-only storage (a
 // standby) ends it quietly: its counts stay node-local, as documented.
 func (b *backend) flushUsage(ctx context.Context, s logical.Storage) {
-	n, err := b.usage.flush(ctx, s, b.usage.cfg.Load().FlushMaxWrites, time.Now())
+	n, err := b.usage.flush(ctx, s, b.usage.cfg.Load().FlushMaxWrites, b.usage.now())
 	switch {
 	case errors.Is(err, logical.ErrReadOnly):
 		b.Logger().Debug("usage not flushed: storage is read-only on this node")

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // testClock is a clock a test moves by hand; the plugin's verify and the
@@ -105,7 +106,7 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 	b, s := newTestBackend(t)
 	start := time.Now().Truncate(time.Second)
 	clock := &testClock{t: start}
-	b.clock = clock.Now
+	b.usage.now = clock.Now
 
 	write := func(path string, data map[string]interface{}) *logical.Response {
 		return b.do(t, s, logical.UpdateOperation, path, data)
@@ -161,13 +162,7 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 	ran := make(chan struct{})
 	go func() { defer close(ran); _ = e.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-ran })
-	deadline := time.Now().Add(10 * time.Second)
-	for e.Stale() {
-		if time.Now().After(deadline) {
-			t.Fatal("the edge did not load its snapshot")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testvault.WaitFor(t, 10*time.Second, "the edge to load its snapshot", func() bool { return !e.Stale() })
 
 	unknown := regenerate(t, web)
 	inside, outside, v6 := netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::7")

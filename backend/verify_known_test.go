@@ -8,23 +8,16 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 func waitKnownLoaded(t testing.TB, b *backend) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testvault.WaitFor(t, 5*time.Second, "the known hashes to load", func() bool {
 		b.known.mu.RLock()
-		st := b.known.state
-		b.known.mu.RUnlock()
-		if st == knownLoaded {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("known hashes never loaded")
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer b.known.mu.RUnlock()
+		return b.known.state == knownLoaded
+	})
 }
 
 func TestUnknownKeyCostsNoStorageRead(t *testing.T) {

@@ -3,6 +3,7 @@ package acceptance
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"reflect"
 	"regexp"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // engine is one mount of the plugin in the shared server.
@@ -100,16 +103,13 @@ func (e *engine) revokeLease(args ...string) {
 func (e *engine) waitCode(key, want string, within time.Duration) time.Duration {
 	e.t.Helper()
 	start := time.Now()
-	for {
-		got := e.code(key)
-		if got == want {
-			return time.Since(start)
+	testvault.WaitFor(e.t, within, "verify to answer "+want, func() error {
+		if got := e.code(key); got != want {
+			return fmt.Errorf("verify answers %s", got)
 		}
-		if time.Since(start) > within {
-			e.t.Fatalf("verify: still %s after %s, want %s", got, within, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return time.Since(start)
 }
 
 func (e *engine) cli(env []string, args ...string) string {
@@ -259,18 +259,14 @@ func TestTTLExpiryEndsKey(t *testing.T) {
 	e.role("acme", "short", map[string]interface{}{"ttl": "2s", "max_ttl": "2s"})
 	k := e.issue("acme", "short", nil)
 	e.wantCode(k.key, "VALID")
-	time.Sleep(2500 * time.Millisecond)
-	if c := e.code(k.key); c != "EXPIRED" && c != "NOT_FOUND" {
-		t.Fatalf("after TTL: %s", c)
-	}
-	// Vault's expiration manager then revokes the lease, which deletes it.
-	deadline := time.Now().Add(30 * time.Second)
-	for len(e.keyIDs("acme")) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("expired key never revoked by its lease")
+	testvault.WaitFor(t, 10*time.Second, "the key to be refused after its 2 s TTL", func() error {
+		if c := e.code(k.key); c != "EXPIRED" && c != "NOT_FOUND" {
+			return fmt.Errorf("verify answers %s", c)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
+	// Vault's expiration manager then revokes the lease, which deletes it.
+	testvault.WaitFor(t, 30*time.Second, "the expired key's lease to revoke it", func() bool { return len(e.keyIDs("acme")) == 0 })
 	e.wantCode(k.key, "NOT_FOUND")
 }
 
@@ -297,13 +293,7 @@ func TestRevokingIssuingTokenKillsKey(t *testing.T) {
 	}
 	// Vault revokes a revoked token's leases through its expiration
 	// manager, which may finish just after the revoke call returns.
-	deadline := time.Now().Add(15 * time.Second)
-	for e.code(k.key) != "NOT_FOUND" {
-		if time.Now().After(deadline) {
-			t.Fatal("key still valid 15 s after its issuing token was revoked")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	e.waitCode(k.key, "NOT_FOUND", 15*time.Second)
 }
 
 func TestSuspendAndResumeTenant(t *testing.T) {

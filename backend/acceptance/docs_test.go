@@ -36,7 +36,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 const docsAPIPath = "docs/api.md"

@@ -21,7 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // edgeAppRole enables an AppRole mount of the test's own with one role
@@ -87,13 +87,7 @@ func runEdge(t *testing.T, e *engine, cfg edge.Config) (*edgeFixture, *syncBuffe
 	}()
 	hs := httptest.NewServer(ed.Handler(edge.HTTPOptions{}))
 	t.Cleanup(func() { hs.Close(); cancel(); <-done })
-	deadline := time.Now().Add(10 * time.Second)
-	for ed.Stale() {
-		if time.Now().After(deadline) {
-			t.Fatal("edge did not load its snapshot")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testvault.WaitFor(t, 10*time.Second, "the edge to load its snapshot", func() bool { return !ed.Stale() })
 	return &edgeFixture{t: t, e: e, ed: ed, srv: hs}, logs
 }
 
@@ -105,18 +99,14 @@ func waitTokenDead(t *testing.T, tok string, limit time.Duration) {
 		t.Fatal(err)
 	}
 	c.SetToken(tok)
-	deadline := time.Now().Add(limit)
-	for {
+	testvault.WaitFor(t, limit, "Vault to refuse the edge's token", func() error {
 		_, err := c.Auth().Token().LookupSelf()
 		var re *api.ResponseError
 		if errors.As(err, &re) && re.StatusCode == http.StatusForbidden {
-			return
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s Vault still answers the edge's token (lookup-self: %v)", limit, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return fmt.Errorf("lookup-self still answers: %v", err)
+	})
 }
 
 // An AppRole edge whose tokens cannot outlive a few seconds keeps following
@@ -170,20 +160,13 @@ func TestEdgeAppRoleShortTokensLogInAgain(t *testing.T) {
 					return f.metric("apikeys_edge_verifications_total", "code", "VALID", "source", "local")
 				}
 				before := local()
-				deadline := time.Now().Add(10 * time.Second)
-				for {
+				testvault.WaitFor(t, 10*time.Second, "a key issued after the edge's token died to reach the edge's memory", func() bool {
 					st, h, body := f.check(fresh.key)
 					if st != http.StatusOK {
 						t.Fatalf("round %d: a key issued after the edge's token died: %d %s %s", i, st, h.Get(edge.HeaderCode), body)
 					}
-					if local() > before {
-						break
-					}
-					if time.Now().After(deadline) {
-						t.Fatalf("round %d: a key issued after the edge's token died never reached the edge's memory", i)
-					}
-					time.Sleep(50 * time.Millisecond)
-				}
+					return local() > before
+				})
 			}
 			if len(seen) < rounds {
 				t.Fatalf("the edge held %d tokens over %d token lifetimes", len(seen), rounds)
@@ -214,24 +197,18 @@ func TestEdgeTokenNotRenewableWarnsOfExpiry(t *testing.T) {
 	}
 	c.SetToken(s.Auth.ClientToken)
 	_, logs := runEdge(t, e, edge.Config{Client: c, Staleness: 3 * time.Second, PollWait: time.Second})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out := logs.String()
-		if line := logLine(out, "edge token cannot be renewed"); line != "" {
-			if !strings.Contains(line, "[WARN]") || !strings.Contains(line, "expires_at=") {
-				t.Fatalf("warning without level or expiry: %s", line)
-			}
-			if strings.Contains(out, s.Auth.ClientToken) {
-				t.Fatal("the edge logged its token")
-			}
-			t.Log(line)
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no warning about the token's expiry in the edge's log:\n%s", out)
-		}
-		time.Sleep(20 * time.Millisecond)
+	testvault.WaitFor(t, 10*time.Second, "a warning about the token's expiry in the edge's log", func() bool {
+		return logLine(logs.String(), "edge token cannot be renewed") != ""
+	})
+	out := logs.String()
+	line := logLine(out, "edge token cannot be renewed")
+	if !strings.Contains(line, "[WARN]") || !strings.Contains(line, "expires_at=") {
+		t.Fatalf("warning without level or expiry: %s", line)
 	}
+	if strings.Contains(out, s.Auth.ClientToken) {
+		t.Fatal("the edge logged its token")
+	}
+	t.Log(line)
 }
 
 func logLine(out, want string) string {
@@ -313,19 +290,15 @@ func TestEdgeSecretIDFileWithTrailingNewline(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for get("/healthz") != http.StatusOK {
+	testvault.WaitFor(t, 30*time.Second, "apikeys-edge to become ready", func() bool {
 		select {
 		case err := <-exited:
 			exited <- err
 			t.Fatalf("apikeys-edge exited (%v):\n%s", err, out.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("apikeys-edge never became ready:\n%s", out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return get("/healthz") == http.StatusOK
+	})
 	if st := get("/check", "Authorization", "Bearer "+k.key); st != http.StatusOK {
 		t.Fatalf("/check of a valid key: HTTP %d\n%s", st, out.String())
 	}

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // nginxConf puts auth_request to the edge in front of an upstream that
@@ -109,29 +111,17 @@ func TestEdgeBehindNginx(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if st, _ := get(k.key); st != 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("nginx did not start")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testvault.WaitFor(t, 10*time.Second, "nginx to start", func() bool { st, _ := get(k.key); return st != 0 })
 	waitFor := func(key string, status int, what string) time.Duration {
 		t.Helper()
 		start := time.Now()
-		for {
-			st, body := get(key)
-			if st == status {
-				return time.Since(start)
+		testvault.WaitFor(t, 5*time.Second, fmt.Sprintf("%s: nginx to answer %d", what, status), func() error {
+			if st, body := get(key); st != status {
+				return fmt.Errorf("nginx answers %d %s", st, body)
 			}
-			if time.Since(start) > 5*time.Second {
-				t.Fatalf("%s: nginx answers %d %s, want %d", what, st, body, status)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
+		return time.Since(start)
 	}
 
 	if st, body := get(k.key); st != http.StatusOK || body != "tenant=acme" {
@@ -162,16 +152,12 @@ func TestEdgeBehindNginx(t *testing.T) {
 		t.Fatalf("within the staleness bound: %d", st)
 	}
 	start := time.Now()
-	for {
-		st, _ := get(other.key)
-		if st == http.StatusInternalServerError {
-			break
+	testvault.WaitFor(t, 10*time.Second, "nginx to refuse once the edge is stale", func() error {
+		if st, _ := get(other.key); st != http.StatusInternalServerError {
+			return fmt.Errorf("nginx answers %d", st)
 		}
-		if time.Since(start) > 10*time.Second {
-			t.Fatalf("stale edge still lets nginx through: %d", st)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	t.Logf("nginx refuses after the edge went stale, %s after Vault was lost", time.Since(start))
 }
 

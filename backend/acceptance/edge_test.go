@@ -21,7 +21,7 @@ import (
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // gatewayToken makes a token holding only the bootstrap gateway-global
@@ -81,16 +81,13 @@ func (f *edgeFixture) check(key string, hdr ...string) (int, http.Header, string
 func (f *edgeFixture) waitCheck(key string, status int, code string, limit time.Duration) time.Duration {
 	f.t.Helper()
 	start := time.Now()
-	for {
-		st, h, body := f.check(key)
-		if st == status && h.Get(edge.HeaderCode) == code {
-			return time.Since(start)
+	testvault.WaitFor(f.t, limit, fmt.Sprintf("/check to answer %d %s", status, code), func() error {
+		if st, h, body := f.check(key); st != status || h.Get(edge.HeaderCode) != code {
+			return fmt.Errorf("/check answers %d %s", st, body)
 		}
-		if time.Since(start) > limit {
-			f.t.Fatalf("after %s: /check answers %d %s, want %d %s", limit, st, body, status, code)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return time.Since(start)
 }
 
 func (f *edgeFixture) metric(name string, labels ...string) float64 {
@@ -154,13 +151,7 @@ func startEdge(t *testing.T, e *engine, staleness time.Duration) *edgeFixture {
 	hs := httptest.NewServer(ed.Handler(edge.HTTPOptions{}))
 	t.Cleanup(func() { hs.Close(); cancel(); <-done })
 	f := &edgeFixture{t: t, e: e, ed: ed, srv: hs}
-	deadline := time.Now().Add(10 * time.Second)
-	for ed.Stale() {
-		if time.Now().After(deadline) {
-			t.Fatal("edge did not load its snapshot")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testvault.WaitFor(t, 10*time.Second, "the edge to load its snapshot", func() bool { return !ed.Stale() })
 	return f
 }
 
@@ -269,18 +260,14 @@ func TestEdgeReportsUsage(t *testing.T) {
 	if n := f.metric("apikeys_edge_vault_verify_total"); n != 0 {
 		t.Fatalf("%v checks went to Vault", n)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	testvault.WaitFor(t, 15*time.Second, "the key's usage to show the edge's checks", func() error {
 		u := read(t, e.c, e.path("tenants/acme/usage"))
 		ku, _ := u.Data["keys"].(map[string]interface{})[k.id].(map[string]interface{})
-		if ku != nil && ku["last_used_at"] != nil && fmt.Sprint(ku["requests"]) == "5" {
-			break
+		if ku == nil || ku["last_used_at"] == nil || fmt.Sprint(ku["requests"]) != "5" {
+			return fmt.Errorf("key usage %v", ku)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("usage of the key never showed the edge's checks: %v", ku)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // regenerateKey returns a well-formed key of the same prefix and
@@ -296,7 +283,8 @@ func regenerateKey(t *testing.T, key string) string {
 }
 
 // TestEdgeLoad measures /check on loopback next to Vault's GET verify and a
-// KV v2 read, same load tool and concurrency, same run. It only reports:
+// KV v2 read, same load tool and concurrency, same run. It reports the
+// figures, and fails when an answer was not the expected one:
 // APIKEYS_EDGE_LOAD=10s go test -run TestEdgeLoad -v ./backend/acceptance/
 func TestEdgeLoad(t *testing.T) {
 	d, err := time.ParseDuration(os.Getenv("APIKEYS_EDGE_LOAD"))
@@ -334,15 +322,30 @@ func TestEdgeLoad(t *testing.T) {
 		}
 		var m vegeta.Metrics
 		var bad int
+		var firstBad *vegeta.Result
 		for r := range attacker().Attack(vegeta.NewStaticTargeter(tg.tgt), vegeta.Rate{Freq: 0}, d, tg.name) {
 			m.Add(r)
 			if r.Code != 200 || !strings.Contains(string(r.Body), tg.want) {
-				bad++
+				if bad++; firstBad == nil {
+					firstBad = r
+				}
 			}
 		}
 		m.Close()
 		t.Logf("%-18s %8.0f req/s  p50 %-10s p99 %-10s errors %d", tg.name,
 			float64(m.Requests-uint64(bad))/(m.Duration+m.Wait).Seconds(), m.Latencies.P50, m.Latencies.P99, bad)
+		// A figure is only worth something if every answer was the right one.
+		switch {
+		case m.Requests == 0:
+			t.Errorf("%s: no request completed in %s", tg.name, d)
+		case bad > 0:
+			body := string(firstBad.Body)
+			if len(body) > 300 {
+				body = body[:300] + "…"
+			}
+			t.Errorf("%s: %d of %d answers were not HTTP 200 with %s; first: HTTP %d, error %q, body %s",
+				tg.name, bad, m.Requests, tg.want, firstBad.Code, firstBad.Error, body)
+		}
 	}
 	t.Logf("edge fallthroughs to Vault during the run: %v", f.metric("apikeys_edge_vault_verify_total"))
 }
@@ -409,13 +412,7 @@ func TestEdgeAppRoleLogin(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = ed.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(10 * time.Second)
-	for ed.Stale() {
-		if time.Now().After(deadline) {
-			t.Fatal("AppRole edge never synced")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testvault.WaitFor(t, 10*time.Second, "the AppRole edge to sync", func() bool { return !ed.Stale() })
 	if a, err := ed.Verify(ctx, &edge.Request{APIKey: k.key}); err != nil || !a.Valid {
 		t.Fatalf("AppRole edge: %+v %v", a, err)
 	}

@@ -2,6 +2,7 @@ package acceptance
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // TestEdgeKeepsServingWhenVaultStopsThenFailsClosed stops a real Vault
@@ -72,25 +73,14 @@ func TestEdgeKeepsServingWhenVaultStopsThenFailsClosed(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for ed.Stale() || check() != http.StatusOK {
-		if time.Now().After(deadline) {
-			t.Fatal("edge never served the key")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testvault.WaitFor(t, 10*time.Second, "the edge to serve the key", func() bool { return !ed.Stale() && check() == http.StatusOK })
 
 	own.Stop() // the Vault server process is gone
 	stopped := time.Now()
 	if st := check(); st != http.StatusOK {
 		t.Fatalf("right after Vault stopped: HTTP %d, want 200 from memory", st)
 	}
-	for check() == http.StatusOK {
-		if time.Since(stopped) > staleness+5*time.Second {
-			t.Fatalf("edge still serving %s after Vault stopped (bound %s)", time.Since(stopped), staleness)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testvault.WaitFor(t, staleness+5*time.Second, fmt.Sprintf("the edge to stop serving (staleness bound %s)", staleness), func() bool { return check() != http.StatusOK })
 	if st := check(); st != http.StatusServiceUnavailable {
 		t.Fatalf("after the bound: HTTP %d, want 503", st)
 	}

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 func TestPluginCatalogShowsVersion(t *testing.T) {

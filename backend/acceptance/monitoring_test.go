@@ -10,12 +10,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,7 +24,7 @@ import (
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 const receiverSecret = "acceptance-webhook-secret-0123"
@@ -119,18 +117,6 @@ func (r *receiver) count(typ string) int {
 		}
 	}
 	return n
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // scrapeMetrics reads <mount>/metrics over plain HTTP with a token, as
@@ -279,12 +265,12 @@ func TestMonitoringThroughVault(t *testing.T) {
 
 	// The scan finds both keys inside the 2h warning window: the dynamic
 	// key (1h TTL) and the static key's old key (10m grace).
-	waitFor(t, 20*time.Second, "key-expiring", func() bool { return rcv.count(notify.KeyExpiring) >= 2 })
+	testvault.WaitFor(t, 20*time.Second, "key-expiring", func() bool { return rcv.count(notify.KeyExpiring) >= 2 })
 	e.revokeLease(k.lease)
 	e.wantCode(k.key, "NOT_FOUND")
 
 	// Every event so far reaches the receiver, signed.
-	waitFor(t, 20*time.Second, "events", func() bool {
+	testvault.WaitFor(t, 20*time.Second, "events", func() bool {
 		return rcv.count(notify.KeyIssued) >= 2 && rcv.count(notify.KeyRotated) >= 1 && rcv.count(notify.KeyRevoked) >= 1 &&
 			rcv.count(notify.VerifyAnomaly) >= 1
 	})
@@ -296,19 +282,19 @@ func TestMonitoringThroughVault(t *testing.T) {
 	for range 3 {
 		e.issue("acme", "web", nil)
 	}
-	waitFor(t, 10*time.Second, "a delivery to hang", func() bool {
+	testvault.WaitFor(t, 10*time.Second, "a delivery to hang", func() bool {
 		fams := scrapeMetrics(t, srv.Addr, srv.Token, e.mount)
 		return sample(fams, "apikeys_notification_queue_depth") >= 1
 	})
 	h50, h95 := verifyLatency(t, e.c, verifyPath, static["api_key"].(string), 200)
 	t.Logf("verify latency through Vault, receiver healthy: p50 %s p95 %s; receiver hanging: p50 %s p95 %s", p50, p95, h50, h95)
 	rcv.setMode("up")
-	waitFor(t, 20*time.Second, "the held events", func() bool { return rcv.count(notify.KeyIssued) >= 5 })
+	testvault.WaitFor(t, 20*time.Second, "the held events", func() bool { return rcv.count(notify.KeyIssued) >= 5 })
 
 	// Suspension, once.
 	write(t, e.c, e.path("tenants/acme"), map[string]interface{}{"status": "suspended"})
 	write(t, e.c, e.path("tenants/acme"), map[string]interface{}{"display_name": "Acme (suspended)"})
-	waitFor(t, 10*time.Second, "tenant-suspended", func() bool { return rcv.count(notify.TenantSuspended) == 1 })
+	testvault.WaitFor(t, 10*time.Second, "tenant-suspended", func() bool { return rcv.count(notify.TenantSuspended) == 1 })
 
 	for _, ev := range rcv.got() {
 		if ev.Tenant != "acme" || ev.ID == "" {
@@ -364,11 +350,10 @@ func TestMonitoringThroughVault(t *testing.T) {
 // the process), for the restart test.
 type fileVault struct {
 	t                       *testing.T
-	dir, config, addr, log  string
+	dir, config, addr       string
 	token, unsealKey, mount string
 	client                  *api.Client
-	cmd                     *exec.Cmd
-	exited                  chan struct{}
+	proc                    *testvault.ServerProcess
 }
 
 func startFileVault(t *testing.T) *fileVault {
@@ -379,7 +364,7 @@ func startFileVault(t *testing.T) *fileVault {
 	}
 	v := &fileVault{t: t, dir: t.TempDir(), addr: fmt.Sprintf("http://127.0.0.1:%d", port), mount: "apikeys"}
 	v.config = filepath.Join(v.dir, "vault.hcl")
-	v.log = filepath.Join(v.dir, "vault.log")
+	v.proc = testvault.NewServerProcess(srv.VaultBin, v.config, filepath.Join(v.dir, "vault.log"), "-log-level=info")
 	cfg := fmt.Sprintf(`
 storage "file" { path = %q }
 listener "tcp" {
@@ -426,29 +411,9 @@ disable_mlock    = true
 
 func (v *fileVault) start() {
 	v.t.Helper()
-	logFile, err := os.OpenFile(v.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
+	if err := v.proc.Start(context.Background(), v.client, 60*time.Second); err != nil {
 		v.t.Fatal(err)
 	}
-	defer logFile.Close()
-	v.cmd = exec.Command(srv.VaultBin, "server", "-config="+v.config, "-log-level=info")
-	v.cmd.Stdout, v.cmd.Stderr = logFile, logFile
-	v.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := v.cmd.Start(); err != nil {
-		v.t.Fatal(err)
-	}
-	v.exited = make(chan struct{})
-	cmd, exited := v.cmd, v.exited
-	go func() { _ = cmd.Wait(); close(exited) }()
-	waitFor(v.t, 60*time.Second, "vault to listen", func() bool {
-		select {
-		case <-exited:
-			v.t.Fatalf("vault exited:\n%s", v.tail())
-		default:
-		}
-		_, err := v.client.Sys().SealStatus()
-		return err == nil
-	})
 }
 
 func (v *fileVault) unseal() {
@@ -456,7 +421,7 @@ func (v *fileVault) unseal() {
 	if _, err := v.client.Sys().Unseal(v.unsealKey); err != nil {
 		v.t.Fatalf("unseal: %v", err)
 	}
-	waitFor(v.t, 60*time.Second, "vault to be active", func() bool {
+	testvault.WaitFor(v.t, 60*time.Second, "vault to be active", func() bool {
 		h, err := v.client.Sys().Health()
 		return err == nil && h.Initialized && !h.Sealed && !h.Standby
 	})
@@ -464,30 +429,9 @@ func (v *fileVault) unseal() {
 
 // stop ends Vault the way an operator does (SIGTERM), so the plugin gets
 // its Clean call; what survives is what was in storage.
-func (v *fileVault) stop() {
-	if v.cmd == nil {
-		return
-	}
-	pgid := v.cmd.Process.Pid
-	_ = syscall.Kill(-pgid, syscall.SIGTERM)
-	select {
-	case <-v.exited:
-	case <-time.After(30 * time.Second):
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		<-v.exited
-	}
-	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	v.cmd = nil
-}
+func (v *fileVault) stop() { v.proc.Stop() }
 
-func (v *fileVault) tail() string {
-	data, _ := os.ReadFile(v.log)
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > 40 {
-		lines = lines[len(lines)-40:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (v *fileVault) tail() string { return v.proc.LogTail(40) }
 
 func (v *fileVault) path(p string) string { return v.mount + "/" + p }
 
@@ -521,7 +465,7 @@ func (v *fileVault) mountDir() string {
 func (v *fileVault) breakWAL() (undo func()) {
 	v.t.Helper()
 	p := filepath.Join(v.mountDir(), "wal")
-	waitFor(v.t, 20*time.Second, "a moment without a rotation in flight", func() bool {
+	testvault.WaitFor(v.t, 20*time.Second, "a moment without a rotation in flight", func() bool {
 		return os.WriteFile(p, []byte("not a directory"), 0o600) == nil
 	})
 	return func() {
@@ -558,17 +502,17 @@ func TestNotificationsSurviveVaultRestart(t *testing.T) {
 	metric := func(name string, labels ...string) float64 {
 		return sample(scrapeMetrics(t, v.addr, v.token, v.mount), name, labels...)
 	}
-	waitFor(t, 20*time.Second, "a scheduled rotation", func() bool { return metric("apikeys_rotations_total", "tenant", "acme") >= 1 })
+	testvault.WaitFor(t, 20*time.Second, "a scheduled rotation", func() bool { return metric("apikeys_rotations_total", "tenant", "acme") >= 1 })
 	undo := v.breakWAL()
-	waitFor(t, 30*time.Second, "a failed rotation", func() bool { return metric("apikeys_rotation_failures_total", "tenant", "acme") >= 1 })
+	testvault.WaitFor(t, 30*time.Second, "a failed rotation", func() bool { return metric("apikeys_rotation_failures_total", "tenant", "acme") >= 1 })
 	undo()
 	// The retry (5 s later) succeeds; then rotations slow down for the rest.
-	waitFor(t, 30*time.Second, "the retried rotation", func() bool { return metric("apikeys_rotations_total", "tenant", "acme") >= 2 })
+	testvault.WaitFor(t, 30*time.Second, "the retried rotation", func() bool { return metric("apikeys_rotations_total", "tenant", "acme") >= 2 })
 	v.write("tenants/acme/static-keys/app", map[string]interface{}{"rotation_period": "1h", "grace_period": "10m"})
 	write(t, v.client, "sys/leases/revoke", map[string]interface{}{"lease_id": k.LeaseID})
 	v.write("tenants/acme", map[string]interface{}{"status": "suspended"})
 
-	waitFor(t, 20*time.Second, "every event type raised", func() bool {
+	testvault.WaitFor(t, 20*time.Second, "every event type raised", func() bool {
 		fams := scrapeMetrics(t, v.addr, v.token, v.mount)
 		for _, typ := range notify.Types {
 			if sample(fams, "apikeys_events_total", "type", typ) < 1 {
@@ -589,7 +533,7 @@ func TestNotificationsSurviveVaultRestart(t *testing.T) {
 	v.start()
 	v.unseal()
 	rcv.setMode("up")
-	waitFor(t, 60*time.Second, "the outbox to drain after the restart", func() bool {
+	testvault.WaitFor(t, 60*time.Second, "the outbox to drain after the restart", func() bool {
 		s, err := v.client.Logical().Read(v.path("info"))
 		if err != nil || s == nil {
 			return false

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,7 +18,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 func (e *engine) staticCreds(tenant, name string) map[string]interface{} {
@@ -77,18 +78,17 @@ func startAgent(t *testing.T, e *engine, token string) string {
 	return filepath.Join(dir, "api-key.txt")
 }
 
+// waitFile waits until path holds something other than not, and returns
+// it and when it was seen.
 func waitFile(t *testing.T, path, not string, timeout time.Duration) (string, time.Time) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		data, err := os.ReadFile(path)
-		if err == nil && len(bytes.TrimSpace(data)) > 0 && string(data) != not {
-			return string(data), time.Now()
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s did not change within %s", path, timeout)
-	return "", time.Time{}
+	var data []byte
+	testvault.WaitFor(t, timeout, path+" to change", func() bool {
+		var err error
+		data, err = os.ReadFile(path)
+		return err == nil && len(bytes.TrimSpace(data)) > 0 && string(data) != not
+	})
+	return string(data), time.Now()
 }
 
 func TestAgentRendersStaticKeyAndFollowsRotation(t *testing.T) {
@@ -130,10 +130,12 @@ func TestAgentRendersStaticKeyAndFollowsRotation(t *testing.T) {
 	if old["code"] != "VALID" || old["in_grace"] != true || old["kind"] != "static" {
 		t.Fatalf("rotated-out key right after rotation: %v", old)
 	}
-	time.Sleep(time.Until(rotated.Add(4*time.Second + 500*time.Millisecond)))
-	if c := e.code(first); c != "EXPIRED" && c != "NOT_FOUND" {
-		t.Fatalf("rotated-out key after its grace: %s", c)
-	}
+	testvault.WaitFor(t, time.Until(rotated.Add(4*time.Second))+5*time.Second, "the rotated-out key to be refused after its grace", func() error {
+		if c := e.code(first); c != "EXPIRED" && c != "NOT_FOUND" {
+			return fmt.Errorf("verify answers %s", c)
+		}
+		return nil
+	})
 }
 
 func TestVerifyDuringRotationsNeverFailsServedKey(t *testing.T) {
@@ -218,25 +220,21 @@ func TestRotationScheduleFiresAtTheMinute(t *testing.T) {
 		t.Fatalf("next_rotation %s is not the next minute", next)
 	}
 	firstID := info.Data["key_id"]
+	// Nothing can happen before the minute: polling until then would only
+	// load the server.
 	time.Sleep(time.Until(next))
-	deadline := next.Add(10 * time.Second)
-	for {
-		creds := e.staticCreds("acme", "cron")
-		if creds["key_id"] != firstID {
-			rotated, _ := time.Parse(time.RFC3339Nano, creds["last_rotated"].(string))
-			t.Logf("scheduled for %s, rotated at %s", next.Format(time.TimeOnly), rotated.Format("15:04:05.000"))
-			if rotated.Before(next) || rotated.After(next.Add(3*time.Second)) {
-				t.Fatalf("rotated at %s, scheduled %s", rotated, next)
-			}
-			if creds["rotation_schedule"] != "* * * * *" || creds["rotation_period"].(json.Number).String() != "60" {
-				t.Fatalf("static-creds lacks the schedule data Vault Agent needs: %v", creds)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no rotation by %s (scheduled %s)", deadline, next)
-		}
-		time.Sleep(200 * time.Millisecond)
+	var creds map[string]interface{}
+	testvault.WaitFor(t, 10*time.Second, fmt.Sprintf("the rotation scheduled for %s", next.Format(time.TimeOnly)), func() bool {
+		creds = e.staticCreds("acme", "cron")
+		return creds["key_id"] != firstID
+	})
+	rotated, _ := time.Parse(time.RFC3339Nano, creds["last_rotated"].(string))
+	t.Logf("scheduled for %s, rotated at %s", next.Format(time.TimeOnly), rotated.Format("15:04:05.000"))
+	if rotated.Before(next) || rotated.After(next.Add(3*time.Second)) {
+		t.Fatalf("rotated at %s, scheduled %s", rotated, next)
+	}
+	if creds["rotation_schedule"] != "* * * * *" || creds["rotation_period"].(json.Number).String() != "60" {
+		t.Fatalf("static-creds lacks the schedule data Vault Agent needs: %v", creds)
 	}
 }
 

@@ -29,7 +29,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // The claims auth-jwt.sh's roles want.

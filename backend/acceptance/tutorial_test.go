@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // TestTutorialReplays runs every command of docs/tutorial.md, top to

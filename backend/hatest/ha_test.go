@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/testvault"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 const (
@@ -446,25 +446,21 @@ func (h *harness) sampleOne(ctx context.Context, sk *staticKey) bool {
 // waitRotations waits until every static key has rotated n times after t.
 func (h *harness) waitRotations(ctx context.Context, t time.Time, n int, timeout time.Duration) {
 	h.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		done := true
+	testvault.WaitFor(h.t, timeout, fmt.Sprintf("every static key to rotate %d times after %s", n, t.Format("15:04:05.000")), func() error {
+		if err := ctx.Err(); err != nil {
+			h.t.Fatalf("waiting for rotations: %v", err)
+		}
+		var behind []string
 		for _, sk := range h.statics() {
-			if sk.rotationsAfter(t) < n {
-				done = false
+			if got := sk.rotationsAfter(t); got < n {
+				behind = append(behind, fmt.Sprintf("%s/%s: %d", sk.tenant, sk.name, got))
 			}
 		}
-		if done {
-			return
+		if len(behind) > 0 {
+			return fmt.Errorf("rotations so far: %s", strings.Join(behind, ", "))
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			for _, sk := range h.statics() {
-				h.t.Logf("%s/%s: %d rotations after %s", sk.tenant, sk.name, sk.rotationsAfter(t), t.Format("15:04:05.000"))
-			}
-			h.t.Fatalf("static keys did not rotate %d times within %s", n, timeout)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // verifyLoad is one gateway worker: it verifies the dynamic keys and the

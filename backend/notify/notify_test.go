@@ -14,6 +14,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 func TestSignVerifyRoundTripAndTampering(t *testing.T) {
@@ -187,17 +189,6 @@ func (r *receiver) events() []Event {
 	return append([]Event(nil), r.got...)
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 type harness struct {
 	s       logical.Storage
 	targets map[string]*Target
@@ -268,7 +259,7 @@ func TestDispatcherRetriesUntilDeliveredWithOneID(t *testing.T) {
 
 	r.set(http.StatusServiceUnavailable, false)
 	ev := enqueue(t, d, h.s, KeyIssued, "ops")
-	waitFor(t, "three failed attempts", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.tries >= 3 })
+	testvault.WaitFor(t, 10*time.Second, "three failed attempts", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.tries >= 3 })
 	if n := outboxLen(t, h.s, OutboxPrefix); n != 1 {
 		t.Fatalf("a failing delivery must stay in the outbox, found %d", n)
 	}
@@ -277,8 +268,8 @@ func TestDispatcherRetriesUntilDeliveredWithOneID(t *testing.T) {
 		t.Fatalf("stored retry state: %+v %v", stored, err)
 	}
 	r.set(0, false)
-	waitFor(t, "delivery", func() bool { return len(r.events()) == 1 })
-	waitFor(t, "outbox to empty", func() bool { return outboxLen(t, h.s, OutboxPrefix) == 0 })
+	testvault.WaitFor(t, 10*time.Second, "delivery", func() bool { return len(r.events()) == 1 })
+	testvault.WaitFor(t, 10*time.Second, "outbox to empty", func() bool { return outboxLen(t, h.s, OutboxPrefix) == 0 })
 	if got := r.events()[0]; got.ID != ev.ID || got.Type != KeyIssued || got.Tenant != "acme" {
 		t.Fatalf("delivered %+v, want id %s", got, ev.ID)
 	}
@@ -301,8 +292,8 @@ func TestDispatcherDeadLettersAfterMaxAttemptsAndRequeues(t *testing.T) {
 	}
 	defer d.Stop()
 	ev := enqueue(t, d, h.s, KeyRevoked, "ops")
-	waitFor(t, "dead letter", func() bool { return outboxLen(t, h.s, FailedPrefix) == 1 })
-	waitFor(t, "outbox to empty", func() bool { return outboxLen(t, h.s, OutboxPrefix) == 0 && d.Depth() == 0 })
+	testvault.WaitFor(t, 10*time.Second, "dead letter", func() bool { return outboxLen(t, h.s, FailedPrefix) == 1 })
+	testvault.WaitFor(t, 10*time.Second, "outbox to empty", func() bool { return outboxLen(t, h.s, OutboxPrefix) == 0 && d.Depth() == 0 })
 	r.mu.Lock()
 	tries := r.tries
 	r.mu.Unlock()
@@ -322,7 +313,7 @@ func TestDispatcherDeadLettersAfterMaxAttemptsAndRequeues(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("requeue: %v %v", ok, err)
 	}
-	waitFor(t, "redelivery", func() bool { return len(r.events()) == 1 })
+	testvault.WaitFor(t, 10*time.Second, "redelivery", func() bool { return len(r.events()) == 1 })
 	if outboxLen(t, h.s, FailedPrefix) != 0 || r.events()[0].ID != ev.ID {
 		t.Fatal("requeue must empty the dead letter and keep the event id")
 	}
@@ -349,7 +340,7 @@ func TestDispatcherRestartLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids = append(ids, enqueue(t, d1, h.s, KeyRotated, "ops").ID)
-	waitFor(t, "failed attempts", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.tries >= 4 })
+	testvault.WaitFor(t, 10*time.Second, "failed attempts", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.tries >= 4 })
 	d1.Stop()
 
 	// A new dispatcher over the same storage: the node restarted.
@@ -363,14 +354,14 @@ func TestDispatcherRestartLosesNothing(t *testing.T) {
 	// may still reach the receiver after it turned healthy, and d2 sends
 	// that event again with the same id. So count distinct ids.
 	got := map[string]bool{}
-	waitFor(t, "all four events", func() bool {
+	testvault.WaitFor(t, 10*time.Second, "all four events", func() bool {
 		clear(got)
 		for _, e := range r.events() {
 			got[e.ID] = true
 		}
 		return len(got) == 4
 	})
-	waitFor(t, "outbox to empty", func() bool { return outboxLen(t, h.s, OutboxPrefix) == 0 })
+	testvault.WaitFor(t, 10*time.Second, "outbox to empty", func() bool { return outboxLen(t, h.s, OutboxPrefix) == 0 })
 	for _, id := range ids {
 		if !got[id] {
 			t.Fatalf("event %s lost; got %v", id, got)
@@ -393,11 +384,11 @@ func TestHangingReceiverDoesNotHoldBackAnotherTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	enqueue(t, d, h.s, KeyIssued, "slow")
-	waitFor(t, "the slow receiver to hang", func() bool { slow.mu.Lock(); defer slow.mu.Unlock(); return slow.tries == 1 })
+	testvault.WaitFor(t, 10*time.Second, "the slow receiver to hang", func() bool { slow.mu.Lock(); defer slow.mu.Unlock(); return slow.tries == 1 })
 	for range 5 {
 		enqueue(t, d, h.s, KeyIssued, "fast")
 	}
-	waitFor(t, "the fast target's events", func() bool { return len(fast.events()) == 5 })
+	testvault.WaitFor(t, 10*time.Second, "the fast target's events", func() bool { return len(fast.events()) == 5 })
 	// Stop abandons the hanging attempt without counting it.
 	d.Stop()
 	if n := outboxLen(t, h.s, OutboxPrefix); n != 1 {
@@ -413,7 +404,7 @@ func TestDeliveryToDeletedTargetIsDeadLettered(t *testing.T) {
 	}
 	defer d.Stop()
 	enqueue(t, d, h.s, KeyIssued, "gone")
-	waitFor(t, "dead letter", func() bool { return outboxLen(t, h.s, FailedPrefix) == 1 })
+	testvault.WaitFor(t, 10*time.Second, "dead letter", func() bool { return outboxLen(t, h.s, FailedPrefix) == 1 })
 }
 
 // failingList is storage whose List fails, as a sealed or unreachable

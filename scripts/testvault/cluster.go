@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -46,7 +44,8 @@ type Cluster struct {
 	logf func(string, ...interface{})
 }
 
-// Node is one Vault server of a Cluster.
+// Node is one Vault server of a Cluster. Stop, Kill, Running, PID, Log,
+// LogTail and LogPath are those of its process.
 type Node struct {
 	// ID is the raft node_id ("node1", …).
 	ID          string
@@ -55,13 +54,10 @@ type Node struct {
 	ClusterPort int
 	Dir         string
 	ConfigPath  string
-	LogPath     string
 	// Client talks to this node only (no retries), with the root token.
 	Client *api.Client
 
-	vaultBin string
-	cmd      *exec.Cmd
-	exited   chan struct{}
+	process
 }
 
 // StartCluster builds the plugin, starts opts.Nodes Vault servers that find
@@ -72,26 +68,12 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 	if opts.Nodes == 0 {
 		opts.Nodes = 3
 	}
-	if opts.PluginVersion == "" {
-		opts.PluginVersion = DefaultPluginVersion
-	}
-	logf := opts.Log
-	if logf == nil {
-		logf = func(string, ...interface{}) {}
-	}
-	root, err := RepoRoot()
+	a, err := prepare("apikeys-ha-", opts.PluginVersion, opts.Log)
 	if err != nil {
 		return nil, err
 	}
-	vaultBin, err := VaultBinary(root)
-	if err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp("", "apikeys-ha-")
-	if err != nil {
-		return nil, fmt.Errorf("create cluster dir: %w", err)
-	}
-	c := &Cluster{Dir: dir, VaultBin: vaultBin, PluginVersion: opts.PluginVersion, logf: logf}
+	logf := a.logf
+	c := &Cluster{Dir: a.dir, VaultBin: a.vaultBin, PluginVersion: a.version, PluginSHA256: a.sha256, logf: logf}
 	ok := false
 	defer func() {
 		if !ok {
@@ -99,28 +81,11 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
 		}
 	}()
 
-	logf("building plugin %s", opts.PluginVersion)
-	bin, err := BuildPlugin(root, dir, opts.PluginVersion)
-	if err != nil {
-		return nil, err
-	}
-	if c.PluginSHA256, err = FileSHA256(bin); err != nil {
-		return nil, fmt.Errorf("hash plugin: %w", err)
-	}
-
 	// Another process may take a port between our probe and Vault's bind:
 	// then the whole cluster starts again on fresh ports, because every
 	// node's retry_join names the others' addresses.
-	for attempt := 0; ; attempt++ {
-		err = c.launchAll(ctx, opts, bin)
-		if err == nil {
-			break
-		}
-		c.stopAll()
-		if attempt == 2 || !errors.Is(err, errPortTaken) {
-			return nil, err
-		}
-		logf("vault: %v; retrying on other ports", err)
+	if err := onFreshPorts(3, logf, func() error { return c.launchAll(ctx, opts, a.plugin) }, c.stopAll); err != nil {
+		return nil, err
 	}
 	if err := c.initialize(ctx); err != nil {
 		return nil, err
@@ -142,11 +107,13 @@ func (c *Cluster) launchAll(ctx context.Context, opts ClusterOptions, pluginBin 
 			APIPort:     port,
 			ClusterPort: port + 1,
 			Addr:        fmt.Sprintf("http://127.0.0.1:%d", port),
-			vaultBin:    c.VaultBin,
 		}
 		n.Dir = filepath.Join(c.Dir, n.ID)
 		n.ConfigPath = filepath.Join(n.Dir, "vault.hcl")
-		n.LogPath = filepath.Join(n.Dir, "vault.log")
+		n.process = process{
+			LogPath: filepath.Join(n.Dir, "vault.log"), name: n.ID, bin: c.VaultBin,
+			args: []string{"server", "-config=" + n.ConfigPath},
+		}
 		c.Nodes = append(c.Nodes, n)
 	}
 	for _, n := range c.Nodes {
@@ -223,61 +190,22 @@ func (c *Cluster) nodeConfig(n *Node, multiplier int) string {
 	return b.String()
 }
 
+// start starts the node's server with a fresh client (keeping the token).
 func (n *Node) start() error {
-	logFile, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	client, err := newClient(n.Addr, "", 30*time.Second)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", n.LogPath, err)
-	}
-	defer logFile.Close()
-	cmd := exec.Command(n.vaultBin, "server", "-config="+n.ConfigPath)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// Own process group, so Kill and Stop also reach the plugin processes;
-	// and SIGKILL when the test process dies, so a panic leaves no server.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", n.ID, err)
-	}
-	n.cmd = cmd
-	n.exited = make(chan struct{})
-	go func(exited chan struct{}) { _ = cmd.Wait(); close(exited) }(n.exited)
-
-	cfg := api.DefaultConfig()
-	cfg.Address = n.Addr
-	cfg.MaxRetries = 0
-	cfg.Timeout = 30 * time.Second
-	client, err := api.NewClient(cfg)
-	if err != nil {
-		return fmt.Errorf("client for %s: %w", n.ID, err)
+		return err
 	}
 	if n.Client != nil {
 		client.SetToken(n.Client.Token())
 	}
 	n.Client = client
-	return nil
+	return n.process.start()
 }
 
 // waitListening waits until the node answers sys/health in any state.
 func (n *Node) waitListening(ctx context.Context, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		select {
-		case <-n.exited:
-			log := n.LogTail(40)
-			if strings.Contains(log, "address already in use") {
-				return fmt.Errorf("%w: %s (%d/%d)", errPortTaken, n.ID, n.APIPort, n.ClusterPort)
-			}
-			return fmt.Errorf("%s exited during start:\n%s", n.ID, log)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-		if _, err := n.Client.Sys().HealthWithContext(ctx); err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not listen within %s:\n%s", n.ID, timeout, n.LogTail(40))
-		}
-	}
+	return n.waitUp(ctx, n.Client, timeout, nil)
 }
 
 func (c *Cluster) initialize(ctx context.Context) error {
@@ -317,27 +245,19 @@ func (c *Cluster) initialize(ctx context.Context) error {
 	}
 	// One registration is enough: the catalog lives in the barrier
 	// (core/plugin-catalog/), which raft replicates to every node.
-	err = active.Client.Sys().RegisterPluginWithContext(ctx, &api.RegisterPluginInput{
-		Name:    PluginName,
-		Type:    api.PluginTypeSecrets,
-		Command: PluginName,
-		SHA256:  c.PluginSHA256,
-		Version: c.PluginVersion,
-	})
-	if err != nil {
-		return fmt.Errorf("register plugin %s: %w", c.PluginVersion, err)
-	}
-	return nil
+	return registerPlugin(ctx, active.Client, PluginName, c.PluginSHA256, c.PluginVersion)
 }
 
 // unseal gives a node the unseal key until it reports unsealed. A node that
 // joins through retry_join refuses the key ("not initialized") until it has
 // fetched the leader's join challenge, so refusals are retried.
 func (c *Cluster) unseal(ctx context.Context, n *Node) error {
-	deadline := time.Now().Add(90 * time.Second)
 	var lastErr error
 	accepted := false
-	for time.Now().Before(deadline) {
+	err := poll(ctx, 90*time.Second, every(300*time.Millisecond), func() (bool, error) {
+		if !n.Running() {
+			return false, fmt.Errorf("%s exited while unsealing:\n%s", n.ID, n.LogTail(40))
+		}
 		var st *api.SealStatusResponse
 		var err error
 		if accepted {
@@ -348,32 +268,13 @@ func (c *Cluster) unseal(ctx context.Context, n *Node) error {
 			st, err = n.Client.Sys().UnsealWithContext(ctx, c.UnsealKey)
 			accepted = err == nil
 		}
-		if err == nil && !st.Sealed {
-			return nil
-		}
 		lastErr = err
-		select {
-		case <-n.exited:
-			return fmt.Errorf("%s exited while unsealing:\n%s", n.ID, n.LogTail(40))
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(300 * time.Millisecond):
-		}
+		return err == nil && !st.Sealed, nil
+	})
+	if errors.Is(err, errTimeout) {
+		return fmt.Errorf("%s not unsealed in 90s (last error: %v):\n%s", n.ID, lastErr, n.LogTail(40))
 	}
-	return fmt.Errorf("%s not unsealed in 90s (last error: %v):\n%s", n.ID, lastErr, n.LogTail(40))
-}
-
-// Running reports whether the node's server process is alive.
-func (n *Node) Running() bool {
-	if n.exited == nil {
-		return false
-	}
-	select {
-	case <-n.exited:
-		return false
-	default:
-		return true
-	}
+	return err
 }
 
 // Health is the node's sys/health answer, or an error when it does not
@@ -386,14 +287,8 @@ func (n *Node) Health(ctx context.Context) (*api.HealthResponse, error) {
 
 // Active returns the node that is active now, or an error when none is.
 func (c *Cluster) Active(ctx context.Context) (*Node, error) {
-	for _, n := range c.Nodes {
-		if !n.Running() {
-			continue
-		}
-		h, err := n.Health(ctx)
-		if err == nil && h.Initialized && !h.Sealed && !h.Standby {
-			return n, nil
-		}
+	if n := c.activeExcept(ctx, nil); n != nil {
+		return n, nil
 	}
 	return nil, errors.New("no active node")
 }
@@ -401,49 +296,45 @@ func (c *Cluster) Active(ctx context.Context) (*Node, error) {
 // WaitActive polls until a running node other than those in exclude is
 // active, and returns it.
 func (c *Cluster) WaitActive(ctx context.Context, timeout time.Duration, exclude ...*Node) (*Node, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		for _, n := range c.Nodes {
-			if !n.Running() || contains(exclude, n) {
-				continue
-			}
-			h, err := n.Health(ctx)
-			if err == nil && h.Initialized && !h.Sealed && !h.Standby {
-				return n, nil
-			}
+	var active *Node
+	err := poll(ctx, timeout, every(50*time.Millisecond), func() (bool, error) {
+		active = c.activeExcept(ctx, exclude)
+		return active != nil, nil
+	})
+	if errors.Is(err, errTimeout) {
+		return nil, fmt.Errorf("no active node within %s", timeout)
+	}
+	return active, err
+}
+
+func (c *Cluster) activeExcept(ctx context.Context, exclude []*Node) *Node {
+	for _, n := range c.Nodes {
+		if !n.Running() || contains(exclude, n) {
+			continue
 		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no active node within %s", timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		h, err := n.Health(ctx)
+		if err == nil && h.Initialized && !h.Sealed && !h.Standby {
+			return n
 		}
 	}
+	return nil
 }
 
 // WaitStandby polls until the node is an unsealed standby that knows the
 // active node's address, i.e. can forward requests.
 func (c *Cluster) WaitStandby(ctx context.Context, n *Node, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
+	err := poll(ctx, timeout, every(100*time.Millisecond), func() (bool, error) {
 		h, err := n.Health(ctx)
-		if err == nil && !h.Sealed && h.Standby {
-			l, err := n.Client.Sys().LeaderWithContext(ctx)
-			if err == nil && l.LeaderAddress != "" && l.LeaderAddress != n.Addr {
-				return nil
-			}
+		if err != nil || h.Sealed || !h.Standby {
+			return false, nil
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s is not a standby with a known leader within %s", n.ID, timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
+		l, err := n.Client.Sys().LeaderWithContext(ctx)
+		return err == nil && l.LeaderAddress != "" && l.LeaderAddress != n.Addr, nil
+	})
+	if errors.Is(err, errTimeout) {
+		return fmt.Errorf("%s is not a standby with a known leader within %s", n.ID, timeout)
 	}
+	return err
 }
 
 // RaftServer is one entry of sys/storage/raft/configuration.
@@ -484,31 +375,25 @@ func (c *Cluster) RaftServers(ctx context.Context) ([]RaftServer, error) {
 
 // WaitVoters polls until the raft configuration holds want voters.
 func (c *Cluster) WaitVoters(ctx context.Context, want int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
 	var last []RaftServer
-	for {
+	err := poll(ctx, timeout, every(200*time.Millisecond), func() (bool, error) {
 		servers, err := c.RaftServers(ctx)
-		if err == nil {
-			last = servers
-			voters := 0
-			for _, s := range servers {
-				if s.Voter {
-					voters++
-				}
-			}
-			if voters >= want {
-				return nil
+		if err != nil {
+			return false, nil
+		}
+		last = servers
+		voters := 0
+		for _, s := range servers {
+			if s.Voter {
+				voters++
 			}
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("raft has not %d voters within %s: %+v", want, timeout, last)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
+		return voters >= want, nil
+	})
+	if errors.Is(err, errTimeout) {
+		return fmt.Errorf("raft has not %d voters within %s: %+v", want, timeout, last)
 	}
+	return err
 }
 
 // Mount enables the plugin at path through the active node.
@@ -517,25 +402,7 @@ func (c *Cluster) Mount(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
-	err = active.Client.Sys().MountWithContext(ctx, path, &api.MountInput{
-		Type:   PluginName,
-		Config: api.MountConfigInput{PluginVersion: c.PluginVersion},
-	})
-	if err != nil {
-		return fmt.Errorf("mount plugin at %s: %w", path, err)
-	}
-	return nil
-}
-
-// Kill ends the node and its plugin processes with SIGKILL, as a crash of
-// the machine would: no step-down, no seal, no flush.
-func (n *Node) Kill() {
-	if n.cmd == nil || n.cmd.Process == nil {
-		return
-	}
-	_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
-	<-n.exited
-	n.cmd = nil
+	return mountPlugin(ctx, active.Client, path, c.PluginVersion)
 }
 
 // Restart starts a stopped node again on the same ports and data, and
@@ -553,27 +420,9 @@ func (c *Cluster) Restart(ctx context.Context, n *Node) error {
 	return c.unseal(ctx, n)
 }
 
-// stop ends the node gracefully (SIGTERM), then by force.
-func (n *Node) stop() {
-	if n.cmd == nil || n.cmd.Process == nil {
-		return
-	}
-	pgid := n.cmd.Process.Pid
-	_ = syscall.Kill(-pgid, syscall.SIGTERM)
-	select {
-	case <-n.exited:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		<-n.exited
-	}
-	// Plugin processes left in the group once Vault is gone.
-	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	n.cmd = nil
-}
-
 func (c *Cluster) stopAll() {
 	for _, n := range c.Nodes {
-		n.stop()
+		n.Stop()
 	}
 }
 
@@ -583,24 +432,6 @@ func (c *Cluster) Cleanup() {
 	if c.Dir != "" {
 		os.RemoveAll(c.Dir)
 	}
-}
-
-// Log returns the node's whole server log.
-func (n *Node) Log() string {
-	data, err := os.ReadFile(n.LogPath)
-	if err != nil {
-		return ""
-	}
-	return string(data)
-}
-
-// LogTail returns the last lines of the node's server log.
-func (n *Node) LogTail(lines int) string {
-	all := strings.Split(strings.TrimRight(n.Log(), "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
 }
 
 func contains(nodes []*Node, n *Node) bool {
@@ -630,12 +461,4 @@ func copyFile(src, dst string, mode os.FileMode) error {
 		return fmt.Errorf("copy to %s: %w", dst, err)
 	}
 	return nil
-}
-
-// PID is the node's server process id, or 0 when it is not running.
-func (n *Node) PID() int {
-	if !n.Running() {
-		return 0
-	}
-	return n.cmd.Process.Pid
 }

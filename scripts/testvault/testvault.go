@@ -1,7 +1,9 @@
-// Package testvault starts a real Vault dev server with this repository's
-// plugin registered in its catalog, for integration tests and benchmarks.
-// It is imported only by tests and tools, never by the plugin binary, and it
-// does not import "testing" so it can serve TestMain and cmd-line tools alike.
+// Package testvault starts real Vault servers (a dev server, or a Raft
+// cluster) with this repository's plugin registered in their catalog, for
+// integration tests, benchmarks and tools, and holds WaitFor, the one
+// polling wait of the tests. It lives under scripts/, outside the shipped
+// backend/ tree, and does not import "testing", so it can serve TestMain
+// and command-line tools alike.
 package testvault
 
 import (
@@ -10,7 +12,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
@@ -21,7 +22,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -48,6 +48,7 @@ type Options struct {
 }
 
 // Server is a running Vault dev server with the plugin in its catalog.
+// Stop, Kill, Running, PID, Log and LogTail are those of its process.
 type Server struct {
 	Addr          string
 	Token         string
@@ -58,9 +59,7 @@ type Server struct {
 	PluginSHA256  string
 	Dir           string
 
-	cmd     *exec.Cmd
-	logPath string
-	exited  chan struct{}
+	process
 }
 
 // RepoRoot finds the root of this module from the working directory.
@@ -123,66 +122,32 @@ func FileSHA256(path string) (string, error) {
 
 // Start builds the plugin, starts a Vault dev server on a free loopback port
 // with a private plugin directory and registers the plugin by SHA-256 and
-// version. Call Stop when done; the server also dies with the calling
-// process, even when that process panics.
+// version. Call Cleanup when done (Stop leaves the directory); the server
+// also dies with the calling process, even when that process panics.
 func Start(ctx context.Context, opts Options) (*Server, error) {
-	if opts.PluginVersion == "" {
-		opts.PluginVersion = DefaultPluginVersion
-	}
-	logf := opts.Log
-	if logf == nil {
-		logf = func(string, ...interface{}) {}
-	}
-	root, err := RepoRoot()
+	a, err := prepare("apikeys-vault-", opts.PluginVersion, opts.Log)
 	if err != nil {
 		return nil, err
 	}
-	vaultBin, err := VaultBinary(root)
-	if err != nil {
-		return nil, err
+	logf := a.logf
+	s := &Server{
+		VaultBin: a.vaultBin, Dir: a.dir, PluginDir: filepath.Dir(a.plugin),
+		PluginVersion: a.version, PluginSHA256: a.sha256,
 	}
-	dir, err := os.MkdirTemp("", "apikeys-vault-")
-	if err != nil {
-		return nil, err
-	}
-	s := &Server{VaultBin: vaultBin, Dir: dir, PluginDir: filepath.Join(dir, "plugins"), PluginVersion: opts.PluginVersion}
-	if err := os.Mkdir(s.PluginDir, 0o755); err != nil {
-		return nil, err
-	}
-	logf("building plugin %s", opts.PluginVersion)
-	bin, err := BuildPlugin(root, s.PluginDir, opts.PluginVersion)
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	if s.PluginSHA256, err = FileSHA256(bin); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-
+	s.process = process{LogPath: filepath.Join(s.Dir, "vault.log"), name: "vault", bin: s.VaultBin, freshLog: true}
 	// Another test binary may grab the same port between our probe and
 	// Vault's bind: retry with a fresh port.
-	for attempt := 0; ; attempt++ {
-		err = s.launch(ctx, opts.ExtraArgs)
-		if err == nil {
-			break
-		}
-		s.Stop()
-		if attempt == 4 || !errors.Is(err, errPortTaken) {
-			os.RemoveAll(dir)
-			return nil, err
-		}
-		logf("vault: %v; retrying", err)
+	if err := onFreshPorts(5, logf, func() error { return s.launch(ctx, opts.ExtraArgs) }, s.Stop); err != nil {
+		s.Cleanup()
+		return nil, err
 	}
 	logf("vault dev server at %s", s.Addr)
-	if err := s.RegisterPlugin(ctx, bin, opts.PluginVersion); err != nil {
-		s.Stop()
+	if err := s.RegisterPlugin(ctx, a.plugin, a.version); err != nil {
+		s.Cleanup()
 		return nil, err
 	}
 	return s, nil
 }
-
-var errPortTaken = errors.New("port already in use")
 
 func (s *Server) launch(ctx context.Context, extra []string) error {
 	port, err := FreePortPair()
@@ -191,63 +156,21 @@ func (s *Server) launch(ctx context.Context, extra []string) error {
 	}
 	s.Addr = fmt.Sprintf("http://127.0.0.1:%d", port)
 	s.Token = "root-" + randomHex(8)
-	s.logPath = filepath.Join(s.Dir, "vault.log")
-	logFile, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	args := append([]string{"server", "-dev",
+	s.args = append([]string{"server", "-dev",
 		"-dev-listen-address=127.0.0.1:" + strconv.Itoa(port),
 		"-dev-root-token-id=" + s.Token,
 		"-dev-plugin-dir=" + s.PluginDir,
 		"-dev-no-store-token",
 		"-log-level=info",
 	}, extra...)
-	cmd := exec.Command(s.VaultBin, args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+s.Addr)
-	// Own process group, so Stop also reaches the plugin processes; and
-	// SIGKILL when the test process dies, so a panic leaves no server behind.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return fmt.Errorf("start vault: %w", err)
-	}
-	logFile.Close()
-	s.cmd = cmd
-	s.exited = make(chan struct{})
-	go func() { _ = cmd.Wait(); close(s.exited) }()
-
-	cfg := api.DefaultConfig()
-	cfg.Address = s.Addr
-	cfg.MaxRetries = 0
-	client, err := api.NewClient(cfg)
-	if err != nil {
+	s.env = []string{"VAULT_ADDR=" + s.Addr}
+	if s.Client, err = newClient(s.Addr, s.Token, 0); err != nil {
 		return err
 	}
-	client.SetToken(s.Token)
-	s.Client = client
-
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case <-s.exited:
-			log := s.LogTail(40)
-			if strings.Contains(log, "address already in use") {
-				return fmt.Errorf("%w: %d", errPortTaken, port)
-			}
-			return fmt.Errorf("vault exited during start:\n%s", log)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-		if h, err := client.Sys().HealthWithContext(ctx); err == nil && h.Initialized && !h.Sealed {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("vault did not become ready in 60s:\n%s", s.LogTail(40))
-		}
+	if err := s.start(); err != nil {
+		return err
 	}
+	return s.waitUp(ctx, s.Client, 60*time.Second, func(h *api.HealthResponse) bool { return h.Initialized && !h.Sealed })
 }
 
 // RegisterPlugin adds a plugin binary of the plugin directory to the catalog
@@ -257,30 +180,13 @@ func (s *Server) RegisterPlugin(ctx context.Context, bin, version string) error 
 	if err != nil {
 		return err
 	}
-	err = s.Client.Sys().RegisterPluginWithContext(ctx, &api.RegisterPluginInput{
-		Name:    PluginName,
-		Type:    api.PluginTypeSecrets,
-		Command: filepath.Base(bin),
-		SHA256:  sum,
-		Version: version,
-	})
-	if err != nil {
-		return fmt.Errorf("register plugin %s: %w", version, err)
-	}
-	return nil
+	return registerPlugin(ctx, s.Client, filepath.Base(bin), sum, version)
 }
 
 // Mount enables the plugin at path (e.g. "apikeys-t1") at the registered
 // version. A mount per test keeps tests apart on one shared server.
 func (s *Server) Mount(ctx context.Context, path string) error {
-	err := s.Client.Sys().MountWithContext(ctx, path, &api.MountInput{
-		Type:   PluginName,
-		Config: api.MountConfigInput{PluginVersion: s.PluginVersion},
-	})
-	if err != nil {
-		return fmt.Errorf("mount plugin at %s: %w", path, err)
-	}
-	return nil
+	return mountPlugin(ctx, s.Client, path, s.PluginVersion)
 }
 
 // CLI runs the vault CLI against the server with the root token (or the
@@ -296,36 +202,6 @@ func (s *Server) CLI(ctx context.Context, env []string, args ...string) (string,
 		return stdout.String(), fmt.Errorf("vault %s: %w: %s", strings.Join(args, " "), err, stderr.String())
 	}
 	return stdout.String(), nil
-}
-
-// LogTail returns the last n lines of the server's log.
-func (s *Server) LogTail(n int) string {
-	data, err := os.ReadFile(s.logPath)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// Stop ends the server and its plugin processes and removes its files.
-func (s *Server) Stop() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		pgid := s.cmd.Process.Pid
-		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		select {
-		case <-s.exited:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			<-s.exited
-		}
-		// Plugin processes left in the group once Vault is gone.
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		s.cmd = nil
-	}
 }
 
 // Cleanup stops the server and removes its directory.
