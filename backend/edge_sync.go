@@ -29,10 +29,6 @@ import (
 // 256 random bits make hopeless), but learns nothing that finds a record in
 // storage, and no hash can be turned back into a key or into a new key.
 const (
-	verifierPath = "edge/verifier"
-	feedHeadPath = "edge/head"
-	feedPrefix   = "edge/changes/"
-
 	// feedKeep bounds the feed: an edge further behind than this must load
 	// a snapshot again (sync/changes answers 410).
 	feedKeep = 10000
@@ -42,8 +38,6 @@ const (
 	defaultSnapshotLimit = 500
 	maxSnapshotLimit     = 5000
 )
-
-func feedEntryKey(seq uint64) string { return fmt.Sprintf("%s%020d", feedPrefix, seq) }
 
 // wireKeyOf is a key record as the sync feed sends it.
 func wireKeyOf(e *keyEntry) *contract.WireKey {
@@ -166,27 +160,20 @@ func (f *edgeFeed) appendChange(ctx context.Context, s logical.Storage, c *contr
 	}
 	c.Seq = h.Seq + 1
 	c.At = time.Now().UTC()
-	entry, err := logical.StorageEntryJSON(feedEntryKey(c.Seq), c)
-	if err != nil {
-		return fmt.Errorf("encode edge change: %w", err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return fmt.Errorf("write edge change: %w", err)
+	key := feedEntryKey(c.Seq)
+	if err := putJSON(ctx, s, key, "edge change", c); err != nil {
+		return err
 	}
 	next := feedHead{Seq: c.Seq, First: h.First}
-	he, err := logical.StorageEntryJSON(feedHeadPath, next)
-	if err != nil {
-		return fmt.Errorf("encode edge feed head: %w", err)
-	}
-	if err := s.Put(ctx, he); err != nil {
+	if err := putJSON(ctx, s, feedHeadPath, "edge feed head", next); err != nil {
 		// Unknown whether the head landed: read it again next time. The
 		// entry goes, so a head that did land points at a gap and readers
 		// resync rather than miss the change's undo.
 		f.head = nil
-		if derr := s.Delete(ctx, entry.Key); derr != nil {
-			return fmt.Errorf("write edge feed head: %w (and delete change: %w)", err, derr)
+		if derr := s.Delete(ctx, key); derr != nil {
+			return fmt.Errorf("%w (and delete change: %w)", err, derr)
 		}
-		return fmt.Errorf("write edge feed head: %w", err)
+		return err
 	}
 	f.head = &next
 	f.wakeLocked()
@@ -209,15 +196,10 @@ func (f *edgeFeed) compact(ctx context.Context, s logical.Storage, keep uint64) 
 	}
 	oldFirst, newFirst := h.First, h.Seq-keep+1
 	next := feedHead{Seq: h.Seq, First: newFirst}
-	he, err := logical.StorageEntryJSON(feedHeadPath, next)
-	if err != nil {
-		f.mu.Unlock()
-		return 0, fmt.Errorf("encode edge feed head: %w", err)
-	}
-	if err := s.Put(ctx, he); err != nil {
+	if err := putJSON(ctx, s, feedHeadPath, "edge feed head", next); err != nil {
 		f.head = nil
 		f.mu.Unlock()
-		return 0, fmt.Errorf("write edge feed head: %w", err)
+		return 0, err
 	}
 	f.head = &next
 	f.mu.Unlock()
@@ -290,12 +272,8 @@ func (b *backend) edgeHasher(ctx context.Context, s logical.Storage, create bool
 			return nil, nil, fmt.Errorf("generate edge verifier secret: %w", err)
 		}
 		ve = &verifierEntry{Secret: sec}
-		entry, err := logical.StorageEntryJSON(verifierPath, ve)
-		if err != nil {
-			return nil, nil, fmt.Errorf("encode edge verifier secret: %w", err)
-		}
-		if err := s.Put(ctx, entry); err != nil {
-			return nil, nil, fmt.Errorf("write edge verifier secret: %w", err)
+		if err := putJSON(ctx, s, verifierPath, "edge verifier secret", ve); err != nil {
+			return nil, nil, err
 		}
 	}
 	h, err = keyformat.NewHasher(ve.Secret)

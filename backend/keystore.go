@@ -15,22 +15,14 @@ import (
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
-// Storage layout of keys:
-//
-//	hashes/<hmac-hex>        the key record, found by verify from the key alone
-//	keys/<tenant>/<key_id>   the tenant's index entry, pointing at the record
-//
-// The record is written last and deleted first, so a key that verifies is
-// always listed (and so revocable) under its tenant.
+// A key is two entries (storage.go): its record under hashes/, found by
+// verify from the key alone, and its tenant's index entry under keys/,
+// pointing at the record. The record is written last and deleted first, so
+// a key that verifies is always listed (and so revocable) under its tenant.
 const (
-	hashPrefix       = "hashes/"
-	keyStoragePrefix = "keys/"
-
 	kindDynamic = "dynamic"
 	kindStatic  = "static"
 )
-
-func keyIndexPrefix(tenant string) string { return keyStoragePrefix + tenant + "/" }
 
 type keyEntry struct {
 	KeyID           string            `json:"key_id"`
@@ -186,15 +178,12 @@ func keyMetadata(base, own map[string]string) map[string]string {
 // record cannot be written the index entry is removed again, so a failed
 // issue leaves nothing behind.
 func (b *backend) storeNewKey(ctx context.Context, s logical.Storage, e *keyEntry) error {
-	ptr, err := logical.StorageEntryJSON(keyIndexPrefix(e.Tenant)+e.KeyID, keyPointer{Hash: e.Hash})
-	if err != nil {
-		return fmt.Errorf("encode key index: %w", err)
-	}
-	if err := s.Put(ctx, ptr); err != nil {
-		return fmt.Errorf("write key index: %w", err)
+	index := keyIndexPrefix(e.Tenant) + e.KeyID
+	if err := putJSON(ctx, s, index, "key index", keyPointer{Hash: e.Hash}); err != nil {
+		return err
 	}
 	if err := b.putKeyRecord(ctx, s, e); err != nil {
-		if derr := s.Delete(ctx, ptr.Key); derr != nil {
+		if derr := s.Delete(ctx, index); derr != nil {
 			b.Logger().Error("could not remove the index entry of a key that failed to issue",
 				"tenant", e.Tenant, "key_id", e.KeyID, "error", derr)
 		}
@@ -258,16 +247,12 @@ func (b *backend) putKeyRecordLocked(ctx context.Context, s logical.Storage, e *
 	if err != nil {
 		return err
 	}
-	entry, err := logical.StorageEntryJSON(hashPrefix+e.Hash, e)
-	if err != nil {
-		return fmt.Errorf("encode key record: %w", err)
-	}
 	// Known before it is stored, so no verify can take it for absent.
 	b.known.add(hash)
-	if err := s.Put(ctx, entry); err != nil {
+	if err := putJSON(ctx, s, hashPrefix+e.Hash, "key record", e); err != nil {
 		// The write may or may not have landed: let verify read the truth.
 		b.cache.deleteKey(hash)
-		return fmt.Errorf("write key record: %w", err)
+		return err
 	}
 	b.cache.putKey(ck)
 	return nil

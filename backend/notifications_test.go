@@ -423,7 +423,7 @@ func TestInvalidateDropsExactlyItsEntries(t *testing.T) {
 		t.Fatal("target not loaded")
 	}
 	// Written behind this node's back (another node), then invalidated.
-	if err := putJSON(ctx, s, notifyTargetPrefix+"b", &notify.Target{Name: "b", URL: "https://b.example", Secret: hookSecret}); err != nil {
+	if err := putJSON(ctx, s, notifyTargetPrefix+"b", "target", &notify.Target{Name: "b", URL: "https://b.example", Secret: hookSecret}); err != nil {
 		t.Fatal(err)
 	}
 	b.invalidate(ctx, usageTenantPrefix+"acme")
@@ -436,7 +436,7 @@ func TestInvalidateDropsExactlyItsEntries(t *testing.T) {
 	}
 
 	// config/monitoring changed elsewhere: reloaded without a request.
-	if err := putJSON(ctx, s, monitorConfigPath, &monitorConfig{AnomalyWindow: time.Hour, TenantFailureThreshold: 7, IPFailureThreshold: 1, KeySpikeFactor: 2, KeySpikeMinimum: 1, ScanBatch: 1, FlushMaxWrites: 1, DeliveryMaxAttempts: 1, DeliveryRetryBase: time.Second, DeliveryRetryMax: time.Second, DeliveryTimeout: time.Second}); err != nil {
+	if err := putJSON(ctx, s, monitorConfigPath, "monitoring config", &monitorConfig{AnomalyWindow: time.Hour, TenantFailureThreshold: 7, IPFailureThreshold: 1, KeySpikeFactor: 2, KeySpikeMinimum: 1, ScanBatch: 1, FlushMaxWrites: 1, DeliveryMaxAttempts: 1, DeliveryRetryBase: time.Second, DeliveryRetryMax: time.Second, DeliveryTimeout: time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	b.invalidate(ctx, monitorConfigPath)

@@ -12,8 +12,6 @@ import (
 )
 
 const (
-	configPath = "config"
-
 	defaultKeyPrefix     = "ak"
 	defaultExpiryWarning = 7 * 24 * time.Hour
 )
@@ -100,16 +98,9 @@ func (b *backend) pathConfig() []*framework.Path {
 // readConfig returns the stored configuration, or the defaults when none was
 // written yet.
 func readConfig(ctx context.Context, s logical.Storage) (*mountConfig, error) {
-	entry, err := s.Get(ctx, configPath)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
 	cfg := defaultConfig()
-	if entry == nil {
-		return cfg, nil
-	}
-	if err := entry.DecodeJSON(cfg); err != nil {
-		return nil, fmt.Errorf("decode config: %w", err)
+	if _, err := getJSONInto(ctx, s, configPath, "config", cfg); err != nil {
+		return nil, err
 	}
 	return cfg, nil
 }
@@ -190,12 +181,8 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse("default_ttl (%s) must not exceed max_ttl (%s)", cfg.DefaultTTL, cfg.MaxTTL), nil
 	}
 
-	entry, err := logical.StorageEntryJSON(configPath, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("encode config: %w", err)
-	}
-	if err := req.Storage.Put(ctx, entry); err != nil {
-		return nil, fmt.Errorf("write config: %w", err)
+	if err := putJSON(ctx, req.Storage, configPath, "config", cfg); err != nil {
+		return nil, err
 	}
 	b.config.cur.Store(cfg)
 	return nil, nil

@@ -14,11 +14,7 @@ import (
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
 )
 
-// notifyTargetPrefix holds webhook targets, signing secrets included, so
-// it is seal-wrapped (PathsSpecial).
 const (
-	notifyTargetPrefix = "config/notifications/"
-
 	minSecretLen = 16
 )
 
@@ -140,18 +136,7 @@ func (b *backend) pathNotifications() []*framework.Path {
 }
 
 func readTarget(ctx context.Context, s logical.Storage, name string) (*notify.Target, error) {
-	entry, err := s.Get(ctx, notifyTargetPrefix+name)
-	if err != nil {
-		return nil, fmt.Errorf("read notification target %q: %w", name, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	t := &notify.Target{}
-	if err := entry.DecodeJSON(t); err != nil {
-		return nil, fmt.Errorf("decode notification target %q: %w", name, err)
-	}
-	return t, nil
+	return getJSON[notify.Target](ctx, s, notifyTargetPrefix+name, fmt.Sprintf("notification target %q", name))
 }
 
 // lookupTarget serves the dispatcher: always fresh from storage, so a
@@ -293,7 +278,7 @@ func (b *backend) pathTargetWrite(ctx context.Context, req *logical.Request, d *
 		}
 		t.Tenants = tenants
 	}
-	if err := putJSON(ctx, req.Storage, notifyTargetPrefix+name, t); err != nil {
+	if err := putJSON(ctx, req.Storage, notifyTargetPrefix+name, fmt.Sprintf("notification target %q", name), t); err != nil {
 		return nil, err
 	}
 	b.forgetTargets()

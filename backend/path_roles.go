@@ -12,11 +12,6 @@ import (
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
-const roleStoragePrefix = "roles/"
-
-// rolePrefix keeps each tenant's roles under a prefix of their own.
-func rolePrefix(tenant string) string { return roleStoragePrefix + tenant + "/" }
-
 type roleEntry struct {
 	Name            string            `json:"name"`
 	Tenant          string            `json:"tenant"`
@@ -262,12 +257,8 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	r.UpdatedAt = now
 
-	entry, err := logical.StorageEntryJSON(rolePrefix(tenant)+name, r)
-	if err != nil {
-		return nil, fmt.Errorf("encode role %q of tenant %q: %w", name, tenant, err)
-	}
-	if err := req.Storage.Put(ctx, entry); err != nil {
-		return nil, fmt.Errorf("write role %q of tenant %q: %w", name, tenant, err)
+	if err := putJSON(ctx, req.Storage, rolePrefix(tenant)+name, fmt.Sprintf("role %q of tenant %q", name, tenant), r); err != nil {
+		return nil, err
 	}
 	return ttlWarnings(t, r), nil
 }

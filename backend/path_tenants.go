@@ -15,10 +15,6 @@ import (
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
-const (
-	tenantPrefix = "tenants/"
-)
-
 var defaultEnvironments = []string{"live", "test"}
 
 type tenantEntry struct {
@@ -276,12 +272,8 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	}
 	t.UpdatedAt = now
 
-	entry, err := logical.StorageEntryJSON(tenantPrefix+name, t)
-	if err != nil {
-		return nil, fmt.Errorf("encode tenant %q: %w", name, err)
-	}
-	if err := req.Storage.Put(ctx, entry); err != nil {
-		return nil, fmt.Errorf("write tenant %q: %w", name, err)
+	if err := putJSON(ctx, req.Storage, tenantPrefix+name, fmt.Sprintf("tenant %q", name), t); err != nil {
+		return nil, err
 	}
 	// Suspension must bite on the very next verify: drop the cached copy
 	// while still holding the tenant lock so no fill can race it.

@@ -222,7 +222,7 @@ func (b *backend) pathMonitorConfigWrite(ctx context.Context, req *logical.Reque
 	if cfg.DeliveryRetryMax < cfg.DeliveryRetryBase {
 		return logical.ErrorResponse("delivery_retry_max (%s) must not be below delivery_retry_base (%s)", cfg.DeliveryRetryMax, cfg.DeliveryRetryBase), nil
 	}
-	if err := putJSON(ctx, req.Storage, monitorConfigPath, cfg); err != nil {
+	if err := putJSON(ctx, req.Storage, monitorConfigPath, "monitoring config", cfg); err != nil {
 		return nil, err
 	}
 	b.applyMonitorConfig(cfg)

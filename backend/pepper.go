@@ -9,10 +9,6 @@ import (
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
-// pepperPath holds the per-mount HMAC secret under which key hashes are
-// stored. It is seal-wrapped (PathsSpecial) and never returned by any path.
-const pepperPath = "pepper"
-
 type pepperEntry struct {
 	Pepper []byte `json:"pepper"`
 }
@@ -49,28 +45,20 @@ func (b *backend) getHasher(ctx context.Context, s logical.Storage, create bool)
 	if st := b.hasher.Load(); st != nil && (st.hasher != nil || !create) {
 		return st.hasher, nil
 	}
-	entry, err := s.Get(ctx, pepperPath)
+	pe, err := getJSON[pepperEntry](ctx, s, pepperPath, "pepper")
 	if err != nil {
-		return nil, fmt.Errorf("read pepper: %w", err)
+		return nil, err
 	}
 	var pepper []byte
 	switch {
-	case entry != nil:
-		var pe pepperEntry
-		if err := entry.DecodeJSON(&pe); err != nil {
-			return nil, fmt.Errorf("decode pepper: %w", err)
-		}
+	case pe != nil:
 		pepper = pe.Pepper
 	case create:
 		if pepper, err = keyformat.NewPepper(); err != nil {
 			return nil, fmt.Errorf("generate pepper: %w", err)
 		}
-		entry, err := logical.StorageEntryJSON(pepperPath, pepperEntry{Pepper: pepper})
-		if err != nil {
-			return nil, fmt.Errorf("encode pepper: %w", err)
-		}
-		if err := s.Put(ctx, entry); err != nil {
-			return nil, fmt.Errorf("write pepper: %w", err)
+		if err := putJSON(ctx, s, pepperPath, "pepper", pepperEntry{Pepper: pepper}); err != nil {
+			return nil, err
 		}
 	default:
 		b.hasher.Store(&hasherState{})

@@ -12,8 +12,6 @@ import (
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
 )
 
-const monitorConfigPath = "config/monitoring"
-
 // monitorConfig holds the settings of usage, anomaly detection, the key
 // scan and notification delivery (config/monitoring).
 type monitorConfig struct {
@@ -60,16 +58,9 @@ func (c *monitorConfig) policy() notify.Policy {
 }
 
 func readMonitorConfig(ctx context.Context, s logical.Storage) (*monitorConfig, error) {
-	entry, err := s.Get(ctx, monitorConfigPath)
-	if err != nil {
-		return nil, fmt.Errorf("read monitoring config: %w", err)
-	}
 	cfg := defaultMonitorConfig()
-	if entry == nil {
-		return cfg, nil
-	}
-	if err := entry.DecodeJSON(cfg); err != nil {
-		return nil, fmt.Errorf("decode monitoring config: %w", err)
+	if _, err := getJSONInto(ctx, s, monitorConfigPath, "monitoring config", cfg); err != nil {
+		return nil, err
 	}
 	return cfg, nil
 }

@@ -15,14 +15,10 @@ import (
 // seal-wrapped. The keys themselves are ordinary key records (hashes/…,
 // keys/<tenant>/…) of kind "static", so verify treats every key alike.
 const (
-	staticPrefix = "static-keys/"
-
 	minRotationPeriod = 5 * time.Second
 
 	walKindRotate = "rotate-static-key"
 )
-
-func staticKeyPrefix(tenant string) string { return staticPrefix + tenant + "/" }
 
 type staticKeyEntry struct {
 	Name             string            `json:"name"`
@@ -110,14 +106,7 @@ func readStaticKey(ctx context.Context, s logical.Storage, tenant, name string) 
 }
 
 func writeStaticKey(ctx context.Context, s logical.Storage, e *staticKeyEntry) error {
-	entry, err := logical.StorageEntryJSON(staticKeyPrefix(e.Tenant)+e.Name, e)
-	if err != nil {
-		return fmt.Errorf("encode static key %q of tenant %q: %w", e.Name, e.Tenant, err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return fmt.Errorf("write static key %q of tenant %q: %w", e.Name, e.Tenant, err)
-	}
-	return nil
+	return putJSON(ctx, s, staticKeyPrefix(e.Tenant)+e.Name, fmt.Sprintf("static key %q of tenant %q", e.Name, e.Tenant), e)
 }
 
 // newStaticKeyRecord makes a fresh key for a static key from its role (or,

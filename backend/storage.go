@@ -8,21 +8,99 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
+// The mount's storage: every entry the plugin writes, defined here once.
+//
+//	config                          mount config (seal-wrapped)
+//	config/monitoring               usage, anomaly, scan and delivery settings
+//	config/notifications/<name>     webhook targets with their signing
+//	                                secrets (seal-wrapped)
+//	pepper                          the HMAC secret of key records
+//	                                (seal-wrapped, never returned)
+//	tenants/<tenant>                tenant
+//	roles/<tenant>/<role>           key role
+//	static-keys/<tenant>/<name>     static key and its rotation state
+//	                                (seal-wrapped: it holds the key)
+//	hashes/<hmac-hex>               key record, found by verify from the key
+//	keys/<tenant>/<key_id>          the tenant's index entry of a key,
+//	                                pointing at its record
+//	usage/tenants/<tenant>          usage totals of a tenant as last flushed
+//	usage/keys/<tenant>/<key_id>    usage of a key; kept after revocation as
+//	                                a tombstone
+//	edge/verifier                   the secret edges hash keys with
+//	                                (seal-wrapped)
+//	edge/head, edge/changes/<seq>   the edge sync change feed
+//	notifications/outbox/<id>,      webhook deliveries pending and dead-
+//	notifications/failed/<id>       lettered (notify.OutboxPrefix,
+//	                                notify.FailedPrefix)
+//	wal/…                           rotation write-ahead log
+//	                                (framework.WALPrefix, node-local)
+//
+// Tenants are kept apart by prefix: every per-tenant entry has the tenant
+// name as its own path segment.
+const (
+	configPath         = "config"
+	monitorConfigPath  = "config/monitoring"
+	notifyTargetPrefix = "config/notifications/"
+	pepperPath         = "pepper"
+	tenantPrefix       = "tenants/"
+	roleStoragePrefix  = "roles/"
+	staticPrefix       = "static-keys/"
+	hashPrefix         = "hashes/"
+	keyStoragePrefix   = "keys/"
+	usagePrefix        = "usage/"
+	usageTenantPrefix  = usagePrefix + "tenants/"
+	usageKeyPrefix     = usagePrefix + "keys/"
+	verifierPath       = "edge/verifier"
+	feedHeadPath       = "edge/head"
+	feedPrefix         = "edge/changes/"
+)
+
+func rolePrefix(tenant string) string      { return roleStoragePrefix + tenant + "/" }
+func staticKeyPrefix(tenant string) string { return staticPrefix + tenant + "/" }
+func keyIndexPrefix(tenant string) string  { return keyStoragePrefix + tenant + "/" }
+
+func usageKeyPath(tenant, id string) string { return usageKeyPrefix + tenant + "/" + id }
+
+func feedEntryKey(seq uint64) string { return fmt.Sprintf("%s%020d", feedPrefix, seq) }
+
 // getJSON reads and decodes one storage entry; a missing entry is nil, nil.
 // what names the entry in errors ("role \"web\" of tenant \"acme\"").
 func getJSON[T any](ctx context.Context, s logical.Storage, key, what string) (*T, error) {
-	entry, err := s.Get(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", what, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
 	v := new(T)
-	if err := entry.DecodeJSON(v); err != nil {
-		return nil, fmt.Errorf("decode %s: %w", what, err)
+	found, err := getJSONInto(ctx, s, key, what, v)
+	if err != nil || !found {
+		return nil, err
 	}
 	return v, nil
+}
+
+// getJSONInto decodes one storage entry over v, so fields the stored JSON
+// lacks (written before they existed) keep the defaults v holds; found is
+// false, and v untouched, when there is no entry.
+func getJSONInto(ctx context.Context, s logical.Storage, key, what string, v interface{}) (found bool, err error) {
+	entry, err := s.Get(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", what, err)
+	}
+	if entry == nil {
+		return false, nil
+	}
+	if err := entry.DecodeJSON(v); err != nil {
+		return false, fmt.Errorf("decode %s: %w", what, err)
+	}
+	return true, nil
+}
+
+// putJSON encodes v and writes it at key; what names the entry in errors.
+func putJSON(ctx context.Context, s logical.Storage, key, what string, v interface{}) error {
+	entry, err := logical.StorageEntryJSON(key, v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", what, err)
+	}
+	if err := s.Put(ctx, entry); err != nil {
+		return fmt.Errorf("write %s: %w", what, err)
+	}
+	return nil
 }
 
 // tenantList is the handler of a tenant-scoped list path: the names stored

@@ -17,22 +17,15 @@ import (
 )
 
 // Usage is counted in memory by verify and flushed to storage by the active
-// node (PeriodicFunc and Clean). Storage holds, per key and per tenant, the
-// totals as of the last flush; a read adds what this node counted since:
-//
-//	usage/tenants/<tenant>          counts by code and role, issued, revoked, ...
-//	usage/keys/<tenant>/<key_id>    verify count, last use, gateway figures;
-//	                                kept after revocation as a tombstone
+// node (PeriodicFunc and Clean). Storage holds, per key and per tenant
+// (usage/ in storage.go), the totals as of the last flush; a read adds what
+// this node counted since.
 //
 // Counters in memory only ever grow, from zero at process start; the stored
 // totals of this process are "base" (what storage held when this process
 // first touched the entry) plus the counters. No delta bookkeeping, so a
 // failed flush simply writes the larger total next time.
 const (
-	usagePrefix       = "usage/"
-	usageTenantPrefix = usagePrefix + "tenants/"
-	usageKeyPrefix    = usagePrefix + "keys/"
-
 	// unattributedTenant labels failures that name no tenant and whose key
 	// prefix is shared or unknown. Tenant names cannot start with "_".
 	unattributedTenant = "_unknown"
@@ -42,8 +35,6 @@ const (
 	// sending endless made-up tenant names on the tenant-scoped verify path.
 	maxTrackedTenants = 10_000
 )
-
-func usageKeyPath(tenant, id string) string { return usageKeyPrefix + tenant + "/" + id }
 
 // verifyCodes indexes the per-code counters. The order is the public order
 // of the codes in docs and metrics.
@@ -549,44 +540,11 @@ func (u *usageTracker) loadKeyBase(ctx context.Context, s logical.Storage, id st
 }
 
 func readKeyUsage(ctx context.Context, s logical.Storage, tenant, id string) (*keyUsageRecord, error) {
-	entry, err := s.Get(ctx, usageKeyPath(tenant, id))
-	if err != nil {
-		return nil, fmt.Errorf("read usage of key %q: %w", id, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	r := &keyUsageRecord{}
-	if err := entry.DecodeJSON(r); err != nil {
-		return nil, fmt.Errorf("decode usage of key %q: %w", id, err)
-	}
-	return r, nil
+	return getJSON[keyUsageRecord](ctx, s, usageKeyPath(tenant, id), fmt.Sprintf("usage of key %q", id))
 }
 
 func readTenantUsage(ctx context.Context, s logical.Storage, tenant string) (*tenantUsageRecord, error) {
-	entry, err := s.Get(ctx, usageTenantPrefix+tenant)
-	if err != nil {
-		return nil, fmt.Errorf("read usage of tenant %q: %w", tenant, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	r := &tenantUsageRecord{}
-	if err := entry.DecodeJSON(r); err != nil {
-		return nil, fmt.Errorf("decode usage of tenant %q: %w", tenant, err)
-	}
-	return r, nil
-}
-
-func putJSON(ctx context.Context, s logical.Storage, key string, v interface{}) error {
-	entry, err := logical.StorageEntryJSON(key, v)
-	if err != nil {
-		return fmt.Errorf("encode %s: %w", key, err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return fmt.Errorf("write %s: %w", key, err)
-	}
-	return nil
+	return getJSON[tenantUsageRecord](ctx, s, usageTenantPrefix+tenant, fmt.Sprintf("usage of tenant %q", tenant))
 }
 
 // keyUsageOf returns a key's usage as this node knows it: stored totals plus
@@ -625,7 +583,7 @@ func (u *usageTracker) updateKeyUsage(ctx context.Context, s logical.Storage, te
 		if !change(&rec) {
 			return false, nil
 		}
-		if err := putJSON(ctx, s, usageKeyPath(tenant, id), rec); err != nil {
+		if err := putJSON(ctx, s, usageKeyPath(tenant, id), fmt.Sprintf("usage of key %q", id), rec); err != nil {
 			return false, err
 		}
 		// What was written becomes the base, less the counts it holds:
@@ -649,7 +607,7 @@ func (u *usageTracker) updateKeyUsage(ctx context.Context, s logical.Storage, te
 	if !change(rec) {
 		return false, nil
 	}
-	return true, putJSON(ctx, s, usageKeyPath(tenant, id), rec)
+	return true, putJSON(ctx, s, usageKeyPath(tenant, id), fmt.Sprintf("usage of key %q", id), rec)
 }
 
 // tombstone marks a key's usage record revoked. It returns false when it
@@ -711,7 +669,7 @@ func (u *usageTracker) writeTenant(ctx context.Context, s logical.Storage, t *te
 	}
 	rec := t.record()
 	rec.UpdatedAt = now.UTC()
-	return putJSON(ctx, s, usageTenantPrefix+t.name, rec)
+	return putJSON(ctx, s, usageTenantPrefix+t.name, fmt.Sprintf("usage of tenant %q", t.name), rec)
 }
 
 // flush writes what changed since the last flush, at most maxWrites
@@ -779,7 +737,7 @@ func (u *usageTracker) flushKey(ctx context.Context, s logical.Storage, id strin
 		u.dropKey(id)
 		return false, nil
 	}
-	return true, putJSON(ctx, s, usageKeyPath(k.tenant, id), k.record())
+	return true, putJSON(ctx, s, usageKeyPath(k.tenant, id), fmt.Sprintf("usage of key %q", id), k.record())
 }
 
 // flushUsage is the periodic and Clean-time flush. Read-only storage (a
