@@ -51,7 +51,7 @@ type backend struct {
 	pepperMu sync.Mutex
 	hasher   atomic.Pointer[hasherState]
 
-	// feed is the edge sync change feed and verifier secret (edge_sync.go).
+	// feed is the edge sync change feed and verifier secret (edge_feed.go).
 	feed edgeFeed
 
 	tidy   tidyState

@@ -115,7 +115,7 @@ func TestWritePathsSurviveAFailureAtEveryWrite(t *testing.T) {
 					return
 				}
 				// The edge feed is a log: a failed issue may append an
-				// entry and its undo (edge_sync_test.go checks the feed).
+				// entry and its undo (path_sync_test.go checks the feed).
 				if after := snapshot(t, s); tc.name == "issue" && !equalKeys(withoutEdgeFeed(before), withoutEdgeFeed(after)) {
 					t.Fatalf("write %d: failed issue left %v (before %v)", n, after, before)
 				}

@@ -43,7 +43,7 @@ type keyEntry struct {
 	// InGrace marks a rotated-out static key: valid until ExpiresAt.
 	InGrace bool `json:"in_grace,omitempty"`
 	// EdgeHash is the key's HMAC under the edge verifier secret
-	// (edge_sync.go); empty for keys issued before edge sync existed.
+	// (edge_feed.go); empty for keys issued before edge sync existed.
 	EdgeHash string `json:"edge_hash,omitempty"`
 
 	// locator is the key's verify index position (verifyCache.locate),
