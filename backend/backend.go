@@ -108,6 +108,7 @@ func newBackend() *backend {
 			b.pathInfo(),
 			b.pathMetrics(),
 			b.pathUsage(),
+			b.pathConfigMonitoring(),
 			b.pathNotifications(),
 			b.pathTidy(),
 			b.pathConfig(),

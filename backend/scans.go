@@ -12,73 +12,10 @@ import (
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
 )
 
-// monitorConfig holds the settings of usage, anomaly detection, the key
-// scan and notification delivery (config/monitoring).
-type monitorConfig struct {
-	AnomalyWindow          time.Duration `json:"anomaly_window"`
-	TenantFailureThreshold int           `json:"tenant_failure_threshold"`
-	IPFailureThreshold     int           `json:"ip_failure_threshold"`
-	KeySpikeFactor         int           `json:"key_spike_factor"`
-	KeySpikeMinimum        int           `json:"key_spike_minimum"`
-	StaleAfter             time.Duration `json:"stale_after"`
-	UsageRetention         time.Duration `json:"usage_retention"`
-	ScanInterval           time.Duration `json:"scan_interval"`
-	ScanBatch              int           `json:"scan_batch"`
-	FlushMaxWrites         int           `json:"flush_max_writes"`
-	DeliveryMaxAttempts    int           `json:"delivery_max_attempts"`
-	DeliveryRetryBase      time.Duration `json:"delivery_retry_base"`
-	DeliveryRetryMax       time.Duration `json:"delivery_retry_max"`
-	DeliveryTimeout        time.Duration `json:"delivery_timeout"`
-}
-
-func defaultMonitorConfig() *monitorConfig {
-	p := notify.DefaultPolicy()
-	return &monitorConfig{
-		AnomalyWindow:          time.Minute,
-		TenantFailureThreshold: 100,
-		IPFailureThreshold:     20,
-		KeySpikeFactor:         10,
-		KeySpikeMinimum:        100,
-		StaleAfter:             30 * 24 * time.Hour,
-		// Longer than Vault's default max lease TTL (32 days), so a lease
-		// that outlives its deleted key still finds the key's tombstone.
-		UsageRetention:      35 * 24 * time.Hour,
-		ScanInterval:        time.Minute,
-		ScanBatch:           1000,
-		FlushMaxWrites:      500,
-		DeliveryMaxAttempts: p.MaxAttempts,
-		DeliveryRetryBase:   p.BaseDelay,
-		DeliveryRetryMax:    p.MaxDelay,
-		DeliveryTimeout:     p.Timeout,
-	}
-}
-
-func (c *monitorConfig) policy() notify.Policy {
-	return notify.Policy{MaxAttempts: c.DeliveryMaxAttempts, BaseDelay: c.DeliveryRetryBase, MaxDelay: c.DeliveryRetryMax, Timeout: c.DeliveryTimeout}
-}
-
-func readMonitorConfig(ctx context.Context, s logical.Storage) (*monitorConfig, error) {
-	cfg := defaultMonitorConfig()
-	if _, err := getJSONInto(ctx, s, monitorConfigPath, "monitoring config", cfg); err != nil {
-		return nil, err
-	}
-	return cfg, nil
-}
-
-// applyMonitorConfig makes cfg the one verify and the dispatcher use.
-func (b *backend) applyMonitorConfig(cfg *monitorConfig) {
-	b.usage.cfg.Store(cfg)
-	b.dispatcher.SetPolicy(cfg.policy())
-}
-
-func (b *backend) loadMonitorConfig(ctx context.Context, s logical.Storage) error {
-	cfg, err := readMonitorConfig(ctx, s)
-	if err != nil {
-		return err
-	}
-	b.applyMonitorConfig(cfg)
-	return nil
-}
+// The active node's key scan (config/monitoring scan_interval, scan_batch):
+// it walks every key to raise expiry warnings, revoke keys unused for their
+// role's revoke_unused_after and drop usage of keys that are gone; and the
+// map of key prefixes to tenants that attributes unknown keys.
 
 // refreshPrefixes maps key prefixes to tenants for attributing unknown
 // keys. A prefix that several tenants share (the mount's default, usually)
@@ -369,16 +306,4 @@ func (b *backend) warnExpiring(ctx context.Context, s logical.Storage, e *keyEnt
 		"last_used_at":       timeOrNil(u.LastUsedAt),
 	}, notify.StableID(notify.KeyExpiring, e.Tenant, e.KeyID, e.ExpiresAt.UTC().Format(time.RFC3339Nano)), now))
 	return nil
-}
-
-// forgetMonitorConfig serves Invalidate of config/monitoring. The reload
-// reads storage, which Invalidate must not wait on, so it runs apart.
-func (b *backend) forgetMonitorConfig() {
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := b.loadMonitorConfig(ctx, b.storage); err != nil {
-			b.Logger().Warn("changed monitoring settings unreadable", "error", err)
-		}
-	}()
 }
