@@ -121,7 +121,7 @@ type keyUsage struct {
 	dirty        atomic.Bool
 	spike        rolling
 
-	mu     sync.Mutex // guards what follows, and the stored record
+	mu     sync.Mutex // guards loaded, gone and base; record writers take it inside recordLocks
 	loaded bool
 	gone   bool
 	base   keyUsageRecord
@@ -276,8 +276,10 @@ type usageTracker struct {
 	// move it instead of sleeping.
 	now func() time.Time
 
-	// recordLocks serialise the writes of one key's stored usage record
-	// (flush, tombstone, expiry mark) when the key is not in memory.
+	// recordLocks serialise every write of one key's stored usage record
+	// (flushKey; updateKeyUsage: tombstone, expiry mark), whether or not
+	// the key has counters in memory. keyUsage.mu, when there is one, is
+	// taken inside it.
 	recordLocks []*locksutil.LockEntry
 }
 
@@ -438,10 +440,14 @@ func (u *usageTracker) tenantOfKey(apiKey string) string {
 }
 
 // recordVerify is verify's only hook: it counts the answer in memory and
-// watches for anomalies. It must stay cheap: no allocation once a key and
-// tenant have been seen, no lock but a key shard's read lock, no clock read
-// but the latency's (start is the time verify was given, from u.now), and
-// shared cache lines written only when a value changes.
+// watches for anomalies. It must stay cheap. Once a key and tenant have
+// been seen, a VALID answer allocates nothing and takes no lock but its key
+// shard's read lock (usageTracker.key); a refusal with a client_ip also
+// takes ipWindow.mu, one mutex per mount (anomaly.go). No clock read but
+// the latency's (start is the time verify was given, from u.now). The
+// counters (the tenant's code and role counters, shared by all its keys,
+// and the key's verifies) take an atomic add on every call; last-use times
+// and dirty flags are written only when they change.
 func (b *backend) recordVerify(in *contract.Request, out verifyOutcome, start time.Time) {
 	b.metrics.verifyLatency.observe(time.Since(start))
 	u := b.usage
@@ -740,8 +746,11 @@ func (u *usageTracker) flushKey(ctx context.Context, s logical.Storage, id strin
 	return true, putJSON(ctx, s, usageKeyPath(k.tenant, id), fmt.Sprintf("usage of key %q", id), k.record())
 }
 
-// flushUsage is the periodic and Clean-time flush. Read-only storage (a
-// standby) ends it quietly: its counts stay node-local, as documented.
+// flushUsage is the periodic and Clean-time flush; only nodes that passed
+// WriteSafeReplicationState run it. ErrReadOnly means the node stopped
+// being writable since (step-down, or the replication state cached for up
+// to a second, sysview.go): it is logged at debug and the counts stay in
+// memory. A standby never flushes: its counts stay node-local.
 func (b *backend) flushUsage(ctx context.Context, s logical.Storage) {
 	n, err := b.usage.flush(ctx, s, b.usage.cfg.Load().FlushMaxWrites, b.usage.now())
 	switch {
