@@ -36,30 +36,19 @@ const (
 	maxTrackedTenants = 10_000
 )
 
-// verifyCodes indexes the per-code counters. The order is the public order
-// of the codes in docs and metrics.
-var verifyCodes = [...]string{contract.CodeValid, contract.CodeMalformed, contract.CodeNotFound, contract.CodeExpired, contract.CodeTenantSuspended, contract.CodeInsufficientScope, contract.CodeIPNotAllowed, contract.CodeRateLimited}
+// verifyCodes indexes the per-code counters: the contract's codes, in its
+// order, which docs and metrics show.
+var verifyCodes = contract.VerifyCodes
 
 const numCodes = len(verifyCodes)
 
 func codeIndex(c string) int {
-	switch c {
-	case contract.CodeValid:
-		return 0
-	case contract.CodeMalformed:
-		return 1
-	case contract.CodeNotFound:
-		return 2
-	case contract.CodeExpired:
-		return 3
-	case contract.CodeTenantSuspended:
-		return 4
-	case contract.CodeInsufficientScope:
-		return 5
-	case contract.CodeIPNotAllowed:
-		return 6
+	for i, v := range verifyCodes {
+		if v == c {
+			return i
+		}
 	}
-	return 7
+	return 0
 }
 
 // keyUsageRecord is the stored usage of one key.

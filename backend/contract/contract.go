@@ -21,6 +21,13 @@ const (
 	CodeQuotaExceeded     = "QUOTA_EXCEEDED"
 )
 
+// VerifyCodes is every code Vault's verify answers, in the order the
+// contract lists them; usage and metrics index their counters by it.
+var VerifyCodes = [...]string{
+	CodeValid, CodeMalformed, CodeNotFound, CodeExpired, CodeTenantSuspended, CodeDisabled,
+	CodeInsufficientScope, CodeIPNotAllowed, CodeRateLimited, CodeQuotaExceeded,
+}
+
 // Codes only an edge answers, never Vault's verify: no key was presented,
 // the edge has not synced within its staleness bound, or a key the edge
 // does not hold could not be checked with Vault.
