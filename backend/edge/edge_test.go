@@ -54,7 +54,12 @@ func addKey(t testing.TB, e *Edge, h *keyformat.Hasher, w contract.WireKey) stri
 	return k
 }
 
-func TestDecideMatchesVerifyCodes(t *testing.T) {
+// TestEdgeAnswersFromMemory checks the edge alone, offline: every code it can
+// answer from memory, a tenant the feed deleted, and a tombstoned key that
+// must fall through (to an unreachable Vault here: an error, never a stale
+// VALID). backend/verify_contract_test.go runs the same cases through the
+// plugin and an edge synced from it and requires identical answers.
+func TestEdgeAnswersFromMemory(t *testing.T) {
 	e, h := offlineEdge(t)
 	valid := addKey(t, e, h, contract.WireKey{KeyID: "k1", Tenant: "acme", Role: "web", Scopes: []string{"write", "read"}})
 	expired := addKey(t, e, h, contract.WireKey{KeyID: "k2", Tenant: "acme", ExpiresAt: time.Now().Add(-time.Second).Format(time.RFC3339Nano)})
