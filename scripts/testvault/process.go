@@ -1,6 +1,7 @@
 package testvault
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,8 +15,9 @@ import (
 	"github.com/hashicorp/vault/api"
 )
 
-// What Start and StartCluster share: one Vault server process, the plugin
-// build before it, the waits on it, and the catalog and mount calls.
+// What Start, StartCluster and StartProduction share: one Vault server
+// process, the plugin build before it, the waits on it, the catalog and
+// mount calls, and the CLI.
 
 // process is one Vault server process: the dev server of Start, or one
 // node of StartCluster. It runs in its own process group, so stopping it
@@ -283,13 +285,19 @@ func prepare(pattern, version string, log func(string, ...interface{})) (*artifa
 }
 
 // newClient talks to one server only: no retries, so a test sees each
-// answer (and each refusal) as it is.
-func newClient(addr, token string, timeout time.Duration) (*api.Client, error) {
+// answer (and each refusal) as it is. caCert, when given, is the PEM file
+// of the CA the server's TLS certificate comes from.
+func newClient(addr, token string, timeout time.Duration, caCert string) (*api.Client, error) {
 	cfg := api.DefaultConfig()
 	cfg.Address = addr
 	cfg.MaxRetries = 0
 	if timeout > 0 {
 		cfg.Timeout = timeout
+	}
+	if caCert != "" {
+		if err := cfg.ConfigureTLS(&api.TLSConfig{CACert: caCert}); err != nil {
+			return nil, fmt.Errorf("client for %s: %w", addr, err)
+		}
 	}
 	client, err := api.NewClient(cfg)
 	if err != nil {
@@ -322,4 +330,18 @@ func mountPlugin(ctx context.Context, client *api.Client, path, version string) 
 		return fmt.Errorf("mount plugin at %s: %w", path, err)
 	}
 	return nil
+}
+
+// runCLI runs the vault CLI with env added to the caller's environment
+// (later entries win), returning stdout; stderr is in the error.
+func runCLI(ctx context.Context, vaultBin string, env []string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, vaultBin, args...)
+	cmd.Env = append(os.Environ(), "VAULT_FORMAT=", "NO_COLOR=1")
+	cmd.Env = append(cmd.Env, env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("vault %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String(), nil
 }

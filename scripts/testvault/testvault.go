@@ -7,7 +7,6 @@
 package testvault
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -164,7 +163,7 @@ func (s *Server) launch(ctx context.Context, extra []string) error {
 		"-log-level=info",
 	}, extra...)
 	s.env = []string{"VAULT_ADDR=" + s.Addr}
-	if s.Client, err = newClient(s.Addr, s.Token, 0); err != nil {
+	if s.Client, err = newClient(s.Addr, s.Token, 0, ""); err != nil {
 		return err
 	}
 	if err := s.start(); err != nil {
@@ -193,15 +192,7 @@ func (s *Server) Mount(ctx context.Context, path string) error {
 // token given in env as VAULT_TOKEN=...), returning stdout; stderr is in the
 // error.
 func (s *Server) CLI(ctx context.Context, env []string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, s.VaultBin, args...)
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+s.Addr, "VAULT_TOKEN="+s.Token, "VAULT_FORMAT=", "NO_COLOR=1")
-	cmd.Env = append(cmd.Env, env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("vault %s: %w: %s", strings.Join(args, " "), err, stderr.String())
-	}
-	return stdout.String(), nil
+	return runCLI(ctx, s.VaultBin, append([]string{"VAULT_ADDR=" + s.Addr, "VAULT_TOKEN=" + s.Token}, env...), args...)
 }
 
 // Cleanup stops the server and removes its directory.
