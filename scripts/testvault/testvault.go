@@ -1,7 +1,9 @@
 // Package testvault starts real Vault servers (a dev server, or a Raft
-// cluster) with this repository's plugin registered in their catalog, for
-// integration tests, benchmarks and tools, and holds WaitFor, the one
-// polling wait of the tests. It lives under scripts/, outside the shipped
+// cluster, with this repository's plugin registered in their catalog; or
+// one server set up for production and left for the caller to initialize)
+// for integration tests, benchmarks and tools, builds releases with
+// scripts/release.sh, and holds WaitFor, the one polling wait of the
+// tests. It lives under scripts/, outside the shipped
 // backend/ tree, and does not import "testing", so it can serve TestMain
 // and command-line tools alike.
 package testvault
