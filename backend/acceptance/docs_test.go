@@ -625,6 +625,7 @@ func TestDocsOperationsRunbooksRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Cleanup)
+	docsSameVaultConfig(t, "docs/operations.md", p.ConfigPath)
 	work := t.TempDir()
 	r := &docsReplay{
 		Doc:      docsRead(t, "docs/operations.md"),
@@ -642,6 +643,47 @@ func TestDocsOperationsRunbooksRun(t *testing.T) {
 	}
 	if _, err := r.run(t); err != nil {
 		t.Fatalf("%v\n--- vault server log (tail) ---\n%s", err, p.LogTail(40))
+	}
+}
+
+// docsSameVaultConfig wants the ```hcl block of a document to set what
+// the config file the test's server runs sets: the same blocks and
+// settings, whatever their values (addresses and paths differ).
+func docsSameVaultConfig(t *testing.T, rel, configPath string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(repoRoot(t), rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)```hcl\n(.*?)```").FindAllStringSubmatch(string(raw), -1)
+	if len(m) != 1 {
+		t.Fatalf("%s: want one ```hcl block (Vault's configuration), found %d", rel, len(m))
+	}
+	cfg, err := os.ReadFile(configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settings := func(hcl string) string {
+		var out []string
+		block := ""
+		for _, line := range strings.Split(hcl, "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			f := strings.Fields(line)
+			switch {
+			case len(f) == 0:
+			case f[len(f)-1] == "{":
+				block = strings.Join(f[:len(f)-1], " ") + "."
+			case f[0] == "}":
+				block = ""
+			case len(f) > 1 && f[1] == "=":
+				out = append(out, block+f[0])
+			}
+		}
+		sort.Strings(out)
+		return strings.Join(out, " ")
+	}
+	if doc, test := settings(m[0][1]), settings(string(cfg)); doc != test {
+		t.Fatalf("%s's Vault configuration sets\n  %s\nthe test's server (testvault.StartProduction) sets\n  %s", rel, doc, test)
 	}
 }
 

@@ -127,14 +127,14 @@ func StartProduction(ctx context.Context, opts ProductionOptions) (*Production, 
 	return p, nil
 }
 
-// productionConfig is the config docs/operations.md shows, on loopback.
+// productionConfig is the config docs/operations.md shows, on loopback
+// (TestDocsOperationsRunbooksRun compares their settings).
 func productionConfig(p *Production, port int, cert, key string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "ui            = false\n")
 	// Raft storage maps its database into memory, which mlock interacts
 	// badly with; Vault's docs recommend disable_mlock with raft.
 	fmt.Fprintf(&b, "disable_mlock = true\n")
-	fmt.Fprintf(&b, "log_level     = \"info\"\n")
 	fmt.Fprintf(&b, "api_addr      = %q\n", p.Addr)
 	fmt.Fprintf(&b, "cluster_addr  = %q\n", fmt.Sprintf("https://127.0.0.1:%d", port+1))
 	fmt.Fprintf(&b, "plugin_directory = %q\n\n", p.PluginDir)
