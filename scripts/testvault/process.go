@@ -250,23 +250,12 @@ func prepare(pattern, version string, log func(string, ...interface{})) (*artifa
 	if version == "" {
 		version = DefaultPluginVersion
 	}
-	logf := log
-	if logf == nil {
-		logf = func(string, ...interface{}) {}
-	}
-	root, err := RepoRoot()
+	a, root, err := prepareVault(pattern, log)
 	if err != nil {
 		return nil, err
 	}
-	vaultBin, err := VaultBinary(root)
-	if err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp("", pattern)
-	if err != nil {
-		return nil, fmt.Errorf("create server directory: %w", err)
-	}
-	a := &artifacts{vaultBin: vaultBin, dir: dir, version: version, logf: logf}
+	a.version = version
+	logf, dir := a.logf, a.dir
 	pluginDir := filepath.Join(dir, "plugins")
 	if err := os.Mkdir(pluginDir, 0o755); err != nil {
 		os.RemoveAll(dir)
@@ -282,6 +271,29 @@ func prepare(pattern, version string, log func(string, ...interface{})) (*artifa
 		return nil, fmt.Errorf("hash plugin: %w", err)
 	}
 	return a, nil
+}
+
+// prepareVault is the part of the artifacts every server needs, the
+// plugin left out: the pinned Vault, a private directory (pattern as
+// os.MkdirTemp takes it) and the log. It also returns the repository root.
+func prepareVault(pattern string, log func(string, ...interface{})) (*artifacts, string, error) {
+	logf := log
+	if logf == nil {
+		logf = func(string, ...interface{}) {}
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, "", err
+	}
+	vaultBin, err := VaultBinary(root)
+	if err != nil {
+		return nil, "", err
+	}
+	dir, err := os.MkdirTemp("", pattern)
+	if err != nil {
+		return nil, "", fmt.Errorf("create server directory: %w", err)
+	}
+	return &artifacts{vaultBin: vaultBin, dir: dir, logf: logf}, root, nil
 }
 
 // newClient talks to one server only: no retries, so a test sees each

@@ -52,22 +52,11 @@ type Production struct {
 // server, returning once it answers sys/health (uninitialized). Call
 // Cleanup when done; the server also dies with the calling process.
 func StartProduction(ctx context.Context, opts ProductionOptions) (*Production, error) {
-	logf := opts.Log
-	if logf == nil {
-		logf = func(string, ...interface{}) {}
-	}
-	root, err := RepoRoot()
+	a, _, err := prepareVault("apikeys-prod-", opts.Log)
 	if err != nil {
 		return nil, err
 	}
-	vaultBin, err := VaultBinary(root)
-	if err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp("", "apikeys-prod-")
-	if err != nil {
-		return nil, fmt.Errorf("create server directory: %w", err)
-	}
+	logf, dir, vaultBin := a.logf, a.dir, a.vaultBin
 	p := &Production{
 		Dir: dir, VaultBin: vaultBin,
 		ConfigPath: filepath.Join(dir, "vault.hcl"),
@@ -196,11 +185,7 @@ func (p *Production) Cleanup() {
 // the paths of the certificate and key.
 func writeTLS(dir string) (cert, key string, err error) {
 	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", "", err
-	}
-	caTmpl := &x509.Certificate{
+	ca, caKey, caDER, err := signed(&x509.Certificate{
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: "apikeys test CA"},
 		NotBefore:             now.Add(-time.Hour),
@@ -209,20 +194,11 @@ func writeTLS(dir string) (cert, key string, err error) {
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	}, nil, nil)
 	if err != nil {
 		return "", "", fmt.Errorf("create CA certificate: %w", err)
 	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return "", "", err
-	}
-	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return "", "", err
-	}
-	srvTmpl := &x509.Certificate{
+	_, srvKey, srvDER, err := signed(&x509.Certificate{
 		SerialNumber: big.NewInt(2),
 		Subject:      pkix.Name{CommonName: "vault1"},
 		NotBefore:    now.Add(-time.Hour),
@@ -231,8 +207,7 @@ func writeTLS(dir string) (cert, key string, err error) {
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
 		DNSNames:     []string{"localhost"},
-	}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, ca, &srvKey.PublicKey, caKey)
+	}, ca, caKey)
 	if err != nil {
 		return "", "", fmt.Errorf("create server certificate: %w", err)
 	}
@@ -256,4 +231,22 @@ func writeTLS(dir string) (cert, key string, err error) {
 		}
 	}
 	return cert, key, nil
+}
+
+// signed makes a P-256 key and a certificate of tmpl for it, signed by
+// parent's key (nil: self-signed).
+func signed(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := x509.ParseCertificate(der)
+	return c, key, der, err
 }
