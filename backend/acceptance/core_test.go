@@ -16,15 +16,18 @@ import (
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
-// engine is one mount of the plugin in the shared server.
+// engine is one mount of the plugin in the shared server (or, from
+// TestProductionInstall, in a server of its own).
 type engine struct {
 	t     *testing.T
 	mount string
 	c     *api.Client
+	// vault runs the CLI against the engine's server as root.
+	vault func(ctx context.Context, env []string, args ...string) (string, error)
 }
 
 func newEngine(t *testing.T) *engine {
-	return &engine{t: t, mount: newMount(t), c: srv.Client}
+	return &engine{t: t, mount: newMount(t), c: srv.Client, vault: srv.CLI}
 }
 
 func (e *engine) path(p string) string { return e.mount + "/" + p }
@@ -114,7 +117,7 @@ func (e *engine) waitCode(key, want string, within time.Duration) time.Duration 
 
 func (e *engine) cli(env []string, args ...string) string {
 	e.t.Helper()
-	out, err := srv.CLI(context.Background(), env, args...)
+	out, err := e.vault(context.Background(), env, args...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -9,8 +9,9 @@ package acceptance
 //   - TestDocsAPIExamplesRun runs every example of docs/api.md against a
 //     mount of that server and checks the fields the examples print against
 //     the documented response fields;
-//   - TestDocsOperationsRunbooksRun replays docs/operations.md on a
-//     single-node Raft cluster (snapshots need Raft).
+//   - TestDocsOperationsRunbooksRun replays docs/operations.md on a Vault
+//     server set up as its Install section says (TLS, Raft; snapshots need
+//     Raft), installing release builds.
 //
 // The layout docs/api.md keeps for this (its introduction says so too):
 //
@@ -609,45 +610,81 @@ func TestDocsAPIExamplesRun(t *testing.T) {
 	}
 }
 
-// TestDocsOperationsRunbooksRun replays docs/operations.md on a single-node
-// Raft cluster of its own: the runbooks register plugin versions, enable an
-// audit device, set quotas and take and restore snapshots, none of which
-// may touch the shared server.
+// TestDocsOperationsRunbooksRun replays docs/operations.md on a Vault
+// server of its own, set up as its Install section says (TLS, Raft) and
+// left uninitialized: the page initializes and unseals it, installs the
+// release builds of v0.1.0 and v0.2.0 from their SHA256SUMS, enables an
+// audit device, sets quotas and takes and restores snapshots, none of
+// which may touch the shared server.
 func TestDocsOperationsRunbooksRun(t *testing.T) {
 	ctx := context.Background()
-	c, err := testvault.StartCluster(ctx, testvault.ClusterOptions{Nodes: 1, RaftPerformanceMultiplier: 1, PluginVersion: "v0.1.0"})
+	v1 := release(t, "v0.1.0")
+	release(t, "v0.2.0") // the upgrade runbook's
+	p, err := testvault.StartProduction(ctx, testvault.ProductionOptions{Log: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.Cleanup)
-	node := c.Nodes[0]
-	pluginDir := filepath.Join(node.Dir, "plugins")
-	// The upgrade runbook installs v0.2.0 next to the running version.
-	next, err := testvault.BuildPlugin(repoRoot(t), t.TempDir(), "v0.2.0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(next)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(pluginDir, "vault-plugin-secrets-apikeys_v0.2.0"), data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(p.Cleanup)
+	docsSameVaultConfig(t, "docs/operations.md", p.ConfigPath)
 	work := t.TempDir()
 	r := &docsReplay{
 		Doc:      docsRead(t, "docs/operations.md"),
 		Workdir:  repoRoot(t),
-		VaultBin: c.VaultBin,
-		Env:      []string{"VAULT_ADDR=" + node.Addr, "VAULT_TOKEN=" + c.Token},
+		VaultBin: p.VaultBin,
+		Env:      []string{"VAULT_ADDR=" + p.Addr, "VAULT_CACERT=" + p.CACert},
 		Inputs: map[string]string{
-			"PLUGIN_DIR":     pluginDir,
-			"PLUGIN_VERSION": "v0.1.0",
+			"RELEASES":       filepath.Dir(v1.Dir),
+			"PLATFORM":       strings.ReplaceAll(testvault.HostPlatform(), "/", "_"),
+			"PLUGIN_DIR":     p.PluginDir,
+			"PLUGIN_VERSION": v1.Version,
 			"BACKUP_DIR":     filepath.Join(work, "backups"),
 			"AUDIT_LOG":      filepath.Join(work, "audit.log"),
 		},
 	}
-	r.replay(t)
+	if _, err := r.run(t); err != nil {
+		t.Fatalf("%v\n--- vault server log (tail) ---\n%s", err, p.LogTail(40))
+	}
+}
+
+// docsSameVaultConfig wants the ```hcl block of a document to set what
+// the config file the test's server runs sets: the same blocks and
+// settings, whatever their values (addresses and paths differ).
+func docsSameVaultConfig(t *testing.T, rel, configPath string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(repoRoot(t), rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)```hcl\n(.*?)```").FindAllStringSubmatch(string(raw), -1)
+	if len(m) != 1 {
+		t.Fatalf("%s: want one ```hcl block (Vault's configuration), found %d", rel, len(m))
+	}
+	cfg, err := os.ReadFile(configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settings := func(hcl string) string {
+		var out []string
+		block := ""
+		for _, line := range strings.Split(hcl, "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			f := strings.Fields(line)
+			switch {
+			case len(f) == 0:
+			case f[len(f)-1] == "{":
+				block = strings.Join(f[:len(f)-1], " ") + "."
+			case f[0] == "}":
+				block = ""
+			case len(f) > 1 && f[1] == "=":
+				out = append(out, block+f[0])
+			}
+		}
+		sort.Strings(out)
+		return strings.Join(out, " ")
+	}
+	if doc, test := settings(m[0][1]), settings(string(cfg)); doc != test {
+		t.Fatalf("%s's Vault configuration sets\n  %s\nthe test's server (testvault.StartProduction) sets\n  %s", rel, doc, test)
+	}
 }
 
 // TestDocsReplayerCatchesMistakes proves the replayer that keeps

@@ -35,6 +35,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer srv.Cleanup()
+	defer removeReleases()
 	code := m.Run()
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "--- vault server log (tail) ---\n%s\n", srv.LogTail(60))

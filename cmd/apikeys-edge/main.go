@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +19,13 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
+)
+
+// version and commit are stamped by scripts/release.sh (-ldflags -X);
+// a plain go build reports itself as unstamped.
+var (
+	version = "(devel)"
+	commit  = "unknown"
 )
 
 func main() {
@@ -80,8 +88,13 @@ func run(log hclog.Logger, args []string) error {
 	negTTL := fs.Duration("negative-ttl", envDuration("EDGE_NEGATIVE_TTL", 30*time.Second), "how long a NOT_FOUND from Vault is cached (EDGE_NEGATIVE_TTL)")
 	keyHeader := fs.String("key-header", env("EDGE_KEY_HEADER", ""), "header holding the key, read before Authorization: Bearer (EDGE_KEY_HEADER), e.g. X-Api-Key")
 	trustFwd := fs.Bool("trust-forwarded", os.Getenv("EDGE_TRUST_FORWARDED") == "true", "take the client IP from X-Real-IP / X-Forwarded-For (EDGE_TRUST_FORWARDED=true); only behind a gateway")
+	showVersion := fs.Bool("version", false, "print the version, commit and Go version, and exit")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("parse flags: %w", err)
+	}
+	if *showVersion {
+		fmt.Printf("apikeys-edge %s (commit %s, %s)\n", version, commit, runtime.Version())
+		return nil
 	}
 
 	cfg := api.DefaultConfig()

@@ -192,7 +192,7 @@ func (c *Cluster) nodeConfig(n *Node, multiplier int) string {
 
 // start starts the node's server with a fresh client (keeping the token).
 func (n *Node) start() error {
-	client, err := newClient(n.Addr, "", 30*time.Second)
+	client, err := newClient(n.Addr, "", 30*time.Second, "")
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package testvault
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,8 +15,9 @@ import (
 	"github.com/hashicorp/vault/api"
 )
 
-// What Start and StartCluster share: one Vault server process, the plugin
-// build before it, the waits on it, and the catalog and mount calls.
+// What Start, StartCluster and StartProduction share: one Vault server
+// process, the plugin build before it, the waits on it, the catalog and
+// mount calls, and the CLI.
 
 // process is one Vault server process: the dev server of Start, or one
 // node of StartCluster. It runs in its own process group, so stopping it
@@ -248,23 +250,12 @@ func prepare(pattern, version string, log func(string, ...interface{})) (*artifa
 	if version == "" {
 		version = DefaultPluginVersion
 	}
-	logf := log
-	if logf == nil {
-		logf = func(string, ...interface{}) {}
-	}
-	root, err := RepoRoot()
+	a, root, err := prepareVault(pattern, log)
 	if err != nil {
 		return nil, err
 	}
-	vaultBin, err := VaultBinary(root)
-	if err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp("", pattern)
-	if err != nil {
-		return nil, fmt.Errorf("create server directory: %w", err)
-	}
-	a := &artifacts{vaultBin: vaultBin, dir: dir, version: version, logf: logf}
+	a.version = version
+	logf, dir := a.logf, a.dir
 	pluginDir := filepath.Join(dir, "plugins")
 	if err := os.Mkdir(pluginDir, 0o755); err != nil {
 		os.RemoveAll(dir)
@@ -282,14 +273,43 @@ func prepare(pattern, version string, log func(string, ...interface{})) (*artifa
 	return a, nil
 }
 
+// prepareVault is the part of the artifacts every server needs, the
+// plugin left out: the pinned Vault, a private directory (pattern as
+// os.MkdirTemp takes it) and the log. It also returns the repository root.
+func prepareVault(pattern string, log func(string, ...interface{})) (*artifacts, string, error) {
+	logf := log
+	if logf == nil {
+		logf = func(string, ...interface{}) {}
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, "", err
+	}
+	vaultBin, err := VaultBinary(root)
+	if err != nil {
+		return nil, "", err
+	}
+	dir, err := os.MkdirTemp("", pattern)
+	if err != nil {
+		return nil, "", fmt.Errorf("create server directory: %w", err)
+	}
+	return &artifacts{vaultBin: vaultBin, dir: dir, logf: logf}, root, nil
+}
+
 // newClient talks to one server only: no retries, so a test sees each
-// answer (and each refusal) as it is.
-func newClient(addr, token string, timeout time.Duration) (*api.Client, error) {
+// answer (and each refusal) as it is. caCert, when given, is the PEM file
+// of the CA the server's TLS certificate comes from.
+func newClient(addr, token string, timeout time.Duration, caCert string) (*api.Client, error) {
 	cfg := api.DefaultConfig()
 	cfg.Address = addr
 	cfg.MaxRetries = 0
 	if timeout > 0 {
 		cfg.Timeout = timeout
+	}
+	if caCert != "" {
+		if err := cfg.ConfigureTLS(&api.TLSConfig{CACert: caCert}); err != nil {
+			return nil, fmt.Errorf("client for %s: %w", addr, err)
+		}
 	}
 	client, err := api.NewClient(cfg)
 	if err != nil {
@@ -322,4 +342,18 @@ func mountPlugin(ctx context.Context, client *api.Client, path, version string) 
 		return fmt.Errorf("mount plugin at %s: %w", path, err)
 	}
 	return nil
+}
+
+// runCLI runs the vault CLI with env added to the caller's environment
+// (later entries win), returning stdout; stderr is in the error.
+func runCLI(ctx context.Context, vaultBin string, env []string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, vaultBin, args...)
+	cmd.Env = append(os.Environ(), "VAULT_FORMAT=", "NO_COLOR=1")
+	cmd.Env = append(cmd.Env, env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("vault %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String(), nil
 }

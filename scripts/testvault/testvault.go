@@ -1,13 +1,14 @@
 // Package testvault starts real Vault servers (a dev server, or a Raft
-// cluster) with this repository's plugin registered in their catalog, for
-// integration tests, benchmarks and tools, and holds WaitFor, the one
-// polling wait of the tests. It lives under scripts/, outside the shipped
+// cluster, with this repository's plugin registered in their catalog; or
+// one server set up for production and left for the caller to initialize)
+// for integration tests, benchmarks and tools, builds releases with
+// scripts/release.sh, and holds WaitFor, the one polling wait of the
+// tests. It lives under scripts/, outside the shipped
 // backend/ tree, and does not import "testing", so it can serve TestMain
 // and command-line tools alike.
 package testvault
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -164,7 +165,7 @@ func (s *Server) launch(ctx context.Context, extra []string) error {
 		"-log-level=info",
 	}, extra...)
 	s.env = []string{"VAULT_ADDR=" + s.Addr}
-	if s.Client, err = newClient(s.Addr, s.Token, 0); err != nil {
+	if s.Client, err = newClient(s.Addr, s.Token, 0, ""); err != nil {
 		return err
 	}
 	if err := s.start(); err != nil {
@@ -193,15 +194,7 @@ func (s *Server) Mount(ctx context.Context, path string) error {
 // token given in env as VAULT_TOKEN=...), returning stdout; stderr is in the
 // error.
 func (s *Server) CLI(ctx context.Context, env []string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, s.VaultBin, args...)
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+s.Addr, "VAULT_TOKEN="+s.Token, "VAULT_FORMAT=", "NO_COLOR=1")
-	cmd.Env = append(cmd.Env, env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("vault %s: %w: %s", strings.Join(args, " "), err, stderr.String())
-	}
-	return stdout.String(), nil
+	return runCLI(ctx, s.VaultBin, append([]string{"VAULT_ADDR=" + s.Addr, "VAULT_TOKEN=" + s.Token}, env...), args...)
 }
 
 // Cleanup stops the server and removes its directory.
