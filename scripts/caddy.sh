@@ -31,7 +31,7 @@ version=$(awk '$1=="github.com/caddyserver/caddy/v2" {print $2; exit}' "$mod/go.
 # This repository's packages in the build: what the handler imports, and
 # their imports inside the repository (go list answers from the plugin's
 # module, whose dependencies the tests have downloaded already).
-repo_pkgs=$(cd "$root" && go list -deps -f '{{if not .Standard}}{{.Dir}}{{end}}' ./backend/edge | grep -F "$root/" || true)
+repo_pkgs=$(cd "$root"; go list -deps -f '{{if not .Standard}}{{.Dir}}{{end}}' ./backend/edge | grep -F "$root/") || true
 [ -n "$repo_pkgs" ] || { echo "cannot list the packages of backend/edge" >&2; exit 1; }
 pin=$(
   {

@@ -70,7 +70,7 @@ http://127.0.0.1:%[2]d {
 
 type caddyFixture struct {
 	t     *testing.T
-	base  string
+	get   gatewayGet
 	admin string
 	token string
 }
@@ -119,7 +119,7 @@ func startCaddy(t *testing.T, e *engine, validKey string, upstream string) *cadd
 			t.Logf("caddy log (tail):\n%s", b)
 		}
 	})
-	f := &caddyFixture{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port), admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort), token: token}
+	f := &caddyFixture{t: t, get: httpGateway(t, fmt.Sprintf("http://127.0.0.1:%d", port)), admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort), token: token}
 	testvault.WaitFor(t, 30*time.Second, "Caddy to let a valid key through", func() error {
 		if a := f.get("/api/x", validKey, nil); a.status != 200 {
 			return fmt.Errorf("answered %d %s", a.status, a.body)
@@ -127,27 +127,6 @@ func startCaddy(t *testing.T, e *engine, validKey string, upstream string) *cadd
 		return nil
 	})
 	return f
-}
-
-func (f *caddyFixture) get(path, key string, hdr map[string]string) gatewayAnswer {
-	f.t.Helper()
-	req, err := http.NewRequest(http.MethodGet, f.base+path, nil)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return gatewayAnswer{body: err.Error(), header: http.Header{}}
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return gatewayAnswer{status: resp.StatusCode, header: resp.Header, body: string(b), upstream: upstreamHeaders(resp.Header, string(b))}
 }
 
 // metrics is Caddy's admin /metrics.

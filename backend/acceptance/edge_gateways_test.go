@@ -3,6 +3,7 @@ package acceptance
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -54,6 +55,30 @@ type gatewayAnswer struct {
 // requires scope read, /admin/... scope admin) with the key as a bearer
 // token (none when empty) and extra headers.
 type gatewayGet func(path, key string, hdr map[string]string) gatewayAnswer
+
+// httpGateway is the gatewayGet of a gateway listening at base.
+func httpGateway(t *testing.T, base string) gatewayGet {
+	return func(path, key string, hdr map[string]string) gatewayAnswer {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return gatewayAnswer{body: err.Error(), header: http.Header{}}
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return gatewayAnswer{status: resp.StatusCode, header: resp.Header, body: string(b), upstream: upstreamHeaders(resp.Header, string(b))}
+	}
+}
 
 // echoUpstream answers 200 with the request's headers as JSON.
 func echoUpstream(t *testing.T) *httptest.Server {

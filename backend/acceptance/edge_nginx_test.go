@@ -3,7 +3,6 @@ package acceptance
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -111,26 +110,6 @@ func startNginx(t *testing.T, bin, edgeHost, upstream string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d", port)
 }
 
-func nginxGet(t *testing.T, base string) gatewayGet {
-	return func(path, key string, hdr map[string]string) gatewayAnswer {
-		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
-		if key != "" {
-			req.Header.Set("Authorization", "Bearer "+key)
-		}
-		for k, v := range hdr {
-			req.Header.Set(k, v)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return gatewayAnswer{body: err.Error(), header: http.Header{}}
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return gatewayAnswer{status: resp.StatusCode, header: resp.Header, body: string(b), upstream: upstreamHeaders(resp.Header, string(b))}
-	}
-}
-
 // TestEdgeBehindNginx runs Debian's nginx with the shipped auth_request
 // configuration (bootstrap/gateways/nginx) in front of an upstream: the
 // table of answers, with 429 (Retry-After) and 503 reaching the client as
@@ -145,7 +124,7 @@ func TestEdgeBehindNginx(t *testing.T) {
 	f := startEdge(t, e, 3*time.Second)
 	up := echoUpstream(t)
 	base := startNginx(t, bin, f.srv.Listener.Addr().String(), up.URL)
-	get := nginxGet(t, base)
+	get := httpGateway(t, base)
 	testvault.WaitFor(t, 10*time.Second, "nginx to start", func() bool { return get("/api/x", k.valid.key, nil).status != 0 })
 	checkGatewayAnswers(t, get, k, false)
 
