@@ -11,6 +11,7 @@
 #   make dev-smoke  make dev started, queried and stopped, unattended (CI)
 #   make lease-cost what a Vault lease per key costs (LEASE_KEYS of each kind)
 #   make release VERSION=vX.Y.Z  reproducible release binaries in dist/ with SHA256SUMS
+#   make caddy  Caddy with the apikeys module (printed path; cached per machine)
 
 MODULE      := github.com/vault-apikeys/vault-plugin-secrets-apikeys
 PLUGIN      := vault-plugin-secrets-apikeys
@@ -26,7 +27,7 @@ FUZZTIME    ?= 30s
 BENCHTIME   ?= 1s
 LEASE_KEYS  ?= 20000
 
-.PHONY: build dev test test-ha lint fmt vault tools bench fuzz dev-smoke lease-cost release
+.PHONY: build dev test test-ha lint fmt vault caddy tools bench fuzz dev-smoke lease-cost release
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
@@ -34,6 +35,11 @@ build:
 # The pinned Vault server, built once per machine (see scripts/vault.sh).
 vault: tools
 	@bash scripts/vault.sh >/dev/null
+
+# Caddy with the apikeys handler (scripts/caddy: a nested module), built
+# once per machine and source change (see scripts/caddy.sh).
+caddy:
+	@bash scripts/caddy.sh
 
 # curl, openssl, jq, … for bootstrap/ and the tests, shellcheck for lint
 # (installed when missing).
@@ -46,8 +52,10 @@ dev: build vault
 # -v: the integration tests log the figures they measure (agent render lag,
 # rotations under load, notifications queued and delivered across a Vault
 # restart, edge revocation latency, ...), and those belong in the output.
-test: vault
+# The Caddy module's tests run the module's Caddy: built first, like Vault.
+test: vault caddy
 	go test -count=1 -v -timeout $(TEST_TIMEOUT) ./...
+	cd scripts/caddy && go test -count=1 ./...
 
 # Three Vault servers for about a minute, so `make test` skips it (the test
 # runs only with APIKEYS_HA=1); CI runs it after make test.
@@ -60,6 +68,7 @@ lint: tools
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')) || exit 1; \
 	  if [ -n "$$out" ]; then echo "gofmt would change (make fmt):"; echo "$$out"; exit 1; fi
 	go vet ./...
+	cd scripts/caddy && go vet ./...
 	go run $(STATICCHECK) ./...
 	@bash scripts/shellcheck.sh
 
@@ -69,7 +78,7 @@ fmt:
 # In-process Go benchmarks (no tests), then the load test of verify against
 # a real Vault (scripts/bench). BENCH_FLAGS passes flags to the load test,
 # e.g. make bench BENCH_FLAGS='-duration 30s -rounds 3 -json bench.json'.
-bench: vault
+bench: vault caddy
 	go test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./backend/...
 	go run ./scripts/bench $(BENCH_FLAGS)
 

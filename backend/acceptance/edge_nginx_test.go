@@ -3,21 +3,21 @@ package acceptance
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
-// nginxConf puts auth_request to the edge in front of an upstream that
-// echoes the tenant header nginx forwards.
+// nginxConf runs the shipped snippets (bootstrap/gateways/nginx) the way
+// site.conf does: %[1]s the test's directory, %[2]d the port, %[3]s the
+// edge, %[4]s the upstream, %[5]s the snippets' directory.
 const nginxConf = `
 daemon off;
 master_process off;
@@ -32,29 +32,34 @@ http {
     fastcgi_temp_path %[1]s/fastcgi;
     uwsgi_temp_path %[1]s/uwsgi;
     scgi_temp_path %[1]s/scgi;
+    upstream apikeys_edge {
+        server %[3]s;
+        keepalive 16;
+    }
     server {
         listen 127.0.0.1:%[2]d;
-        location = /_apikeys_check {
-            internal;
-            proxy_pass http://%[3]s/check;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Real-IP $remote_addr;
+        include %[5]s/apikeys-check.conf;
+        location /api/ {
+            set $apikeys_scopes read;
+            set $apikeys_tenant_filter "";
+            include %[5]s/apikeys-protect.conf;
+            proxy_pass http://%[4]s;
         }
-        location / {
-            auth_request /_apikeys_check;
-            auth_request_set $apikeys_tenant $upstream_http_x_apikeys_tenant;
-            proxy_set_header X-Apikeys-Tenant $apikeys_tenant;
+        location /admin/ {
+            set $apikeys_scopes admin;
+            set $apikeys_tenant_filter "";
+            include %[5]s/apikeys-protect.conf;
             proxy_pass http://%[4]s;
         }
     }
 }
 `
 
-// TestEdgeBehindNginx runs nginx from Debian's package with auth_request to
-// the edge. `make test` installs nginx-light when it is missing (make
-// tools); a bare `go test` on a machine without nginx skips, except in CI.
-func TestEdgeBehindNginx(t *testing.T) {
+// nginxBinary is Debian's nginx. make test installs nginx-light when it
+// is missing (make tools); a bare go test on a machine without nginx
+// skips, except in CI.
+func nginxBinary(t *testing.T) string {
+	t.Helper()
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		if bin = "/usr/sbin/nginx"; !fileExists(bin) {
@@ -64,16 +69,17 @@ func TestEdgeBehindNginx(t *testing.T) {
 			t.Skip("nginx is not installed (make tools, or apt-get install nginx-light)")
 		}
 	}
-	e := newEngine(t)
-	e.acme()
-	k := e.issue("acme", "web", nil)
-	f := startEdge(t, e, 3*time.Second)
+	return bin
+}
 
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "tenant=%s", r.Header.Get("X-Apikeys-Tenant"))
-	}))
-	defer upstream.Close()
-
+// startNginx runs nginx with the shipped snippets in front of upstream,
+// asking the edge at edgeHost, and returns its base URL.
+func startNginx(t *testing.T, bin, edgeHost, upstream string) string {
+	t.Helper()
+	root, err := testvault.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -82,83 +88,74 @@ func TestEdgeBehindNginx(t *testing.T) {
 	l.Close()
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "nginx.conf")
-	edgeHost := f.srv.Listener.Addr().String()
-	upHost := upstream.Listener.Addr().String()
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(nginxConf, dir, port, edgeHost, upHost)), 0o600); err != nil {
+	snippets := filepath.Join(root, "bootstrap", "gateways", "nginx")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(nginxConf, dir, port, edgeHost, strings.TrimPrefix(upstream, "http://"), snippets)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	defer func() { cancel(); _ = cmd.Wait() }()
-
-	base := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	get := func(key string) (int, string) {
-		t.Helper()
-		req, _ := http.NewRequest(http.MethodGet, base+"api/thing", nil)
-		if key != "" {
-			req.Header.Set("Authorization", "Bearer "+key)
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Logf("nginx error log:\n%s", b)
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-	testvault.WaitFor(t, 10*time.Second, "nginx to start", func() bool { st, _ := get(k.key); return st != 0 })
-	waitFor := func(key string, status int, what string) time.Duration {
-		t.Helper()
-		start := time.Now()
-		testvault.WaitFor(t, 5*time.Second, fmt.Sprintf("%s: nginx to answer %d", what, status), func() error {
-			if st, body := get(key); st != status {
-				return fmt.Errorf("nginx answers %d %s", st, body)
-			}
-			return nil
-		})
-		return time.Since(start)
-	}
+	})
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
+}
 
-	if st, body := get(k.key); st != http.StatusOK || body != "tenant=acme" {
-		t.Fatalf("valid key through nginx: %d %q", st, body)
-	}
-	if st, _ := get(regenerateKey(t, k.key)); st != http.StatusUnauthorized {
-		t.Fatalf("unknown key through nginx: %d", st)
-	}
-	if st, _ := get(""); st != http.StatusUnauthorized {
-		t.Fatalf("no key through nginx: %d", st)
-	}
+// TestEdgeBehindNginx runs Debian's nginx with the shipped auth_request
+// configuration (bootstrap/gateways/nginx) in front of an upstream: the
+// table of answers, with 429 (Retry-After) and 503 reaching the client as
+// such instead of auth_request's 500; the contract's X-Apikeys-* headers
+// of a client replaced; a revoked key and a suspended tenant refused
+// within the feed's latency; 503 STALE once the edge is stale, and 503
+// UNAVAILABLE when the edge cannot be reached.
+func TestEdgeBehindNginx(t *testing.T) {
+	bin := nginxBinary(t)
+	e := newEngine(t)
+	k := setupGatewayKeys(e)
+	f := startEdge(t, e, 3*time.Second)
+	up := echoUpstream(t)
+	base := startNginx(t, bin, f.srv.Listener.Addr().String(), up.URL)
+	get := httpGateway(t, base)
+	testvault.WaitFor(t, 10*time.Second, "nginx to start", func() bool { return get("/api/x", k.valid.key, nil).status != 0 })
+	checkGatewayAnswers(t, get, k, false)
 
 	other := e.issue("acme", "web", nil)
-	waitFor(other.key, http.StatusOK, "second key")
-	e.revokeLease(k.lease)
-	t.Logf("nginx refuses a key revoked with vault lease revoke after %s", waitFor(k.key, http.StatusUnauthorized, "revoked key"))
+	waitGateway(t, get, other.key, http.StatusOK, "", "second key", 5*time.Second)
+	e.revokeLease(k.valid.lease)
+	t.Logf("nginx refuses a key revoked with vault lease revoke after %s",
+		waitGateway(t, get, k.valid.key, http.StatusUnauthorized, "NOT_FOUND", "revoked key", 5*time.Second))
 	write(t, e.c, e.path("tenants/acme"), map[string]interface{}{"status": "suspended"})
-	t.Logf("nginx refuses a suspended tenant's key after %s", waitFor(other.key, http.StatusUnauthorized, "suspended tenant"))
+	t.Logf("nginx refuses a suspended tenant's key after %s",
+		waitGateway(t, get, other.key, http.StatusUnauthorized, "TENANT_SUSPENDED", "suspended tenant", 5*time.Second))
 	write(t, e.c, e.path("tenants/acme"), map[string]interface{}{"status": "active"})
-	waitFor(other.key, http.StatusOK, "resumed tenant")
+	waitGateway(t, get, other.key, http.StatusOK, "", "resumed tenant", 5*time.Second)
 
-	// Vault gone for the edge: served within the bound, then refused (nginx
-	// turns the edge's 503 into a 500).
+	// Vault gone for the edge: served within the bound, then 503 STALE.
 	if err := srv.Client.Auth().Token().RevokeOrphan(f.ed.Token()); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := get(other.key); st != http.StatusOK {
-		t.Fatalf("within the staleness bound: %d", st)
+	if a := get("/api/x", other.key, nil); a.status != http.StatusOK {
+		t.Fatalf("within the staleness bound: %d", a.status)
 	}
 	start := time.Now()
-	testvault.WaitFor(t, 10*time.Second, "nginx to refuse once the edge is stale", func() error {
-		if st, _ := get(other.key); st != http.StatusInternalServerError {
-			return fmt.Errorf("nginx answers %d", st)
-		}
-		return nil
-	})
-	t.Logf("nginx refuses after the edge went stale, %s after Vault was lost", time.Since(start))
+	waitGateway(t, get, other.key, http.StatusServiceUnavailable, "STALE", "stale edge", 10*time.Second)
+	t.Logf("nginx answers 503 STALE %s after the edge lost Vault", time.Since(start))
+
+	// The edge itself gone: nginx's own 500 becomes 503 UNAVAILABLE.
+	f.srv.Close()
+	a := get("/api/x", other.key, nil)
+	if a.status != http.StatusServiceUnavailable || a.header.Get("X-Apikeys-Code") != "UNAVAILABLE" || !strings.Contains(a.body, `"UNAVAILABLE"`) {
+		t.Fatalf("edge unreachable: %d %s %s", a.status, a.header.Get("X-Apikeys-Code"), a.body)
+	}
 }
 
 func fileExists(p string) bool {

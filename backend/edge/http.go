@@ -3,7 +3,6 @@ package edge
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net"
 	"net/http"
 	"net/netip"
@@ -80,53 +79,28 @@ func Middleware(v Verifier, opts HTTPOptions) func(http.Handler) http.Handler {
 				writeJSON(w, status, a)
 				return
 			}
+			// The upstream trusts X-Apikeys-*: none of the client's reach it.
+			SetUpstreamHeaders(r.Header, a)
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), answerKey{}, a)))
 		})
 	}
 }
 
 func check(v Verifier, opts HTTPOptions, r *http.Request) (Answer, int) {
-	req := Request{APIKey: presentedKey(r, opts.KeyHeader)}
-	if req.APIKey == "" {
-		return contract.Refusal(contract.CodeMissing), http.StatusUnauthorized
-	}
+	req := Request{APIKey: PresentedKey(r.Header.Get, opts.KeyHeader)}
 	q := r.URL.Query()
 	scopes := r.Header.Get(opts.ScopesHeader)
 	if scopes == "" {
 		scopes = q.Get("scopes")
 	}
-	for _, s := range strings.Split(scopes, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			req.RequiredScopes = append(req.RequiredScopes, s)
-		}
-	}
+	req.RequiredScopes = ParseScopes(nil, scopes)
 	req.Tenant = r.Header.Get(opts.TenantHeader)
 	if req.Tenant == "" {
 		req.Tenant = q.Get("tenant")
 	}
 	req.ClientIP = clientIP(r, opts.TrustForwarded)
-	a, err := v.Verify(r.Context(), &req)
-	if err != nil {
-		code := contract.CodeUnavailable
-		if errors.Is(err, ErrStale) {
-			code = contract.CodeStale
-		}
-		return contract.Refusal(code), contract.HTTPStatus(code)
-	}
+	a := Check(r.Context(), v, &req)
 	return a, contract.HTTPStatus(a.Code)
-}
-
-func presentedKey(r *http.Request, header string) string {
-	if header != "" {
-		if k := r.Header.Get(header); k != "" {
-			return strings.TrimSpace(k)
-		}
-	}
-	auth := r.Header.Get("Authorization")
-	if len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
-		return strings.TrimSpace(auth[7:])
-	}
-	return ""
 }
 
 func clientIP(r *http.Request, trustForwarded bool) netip.Addr {
@@ -152,14 +126,9 @@ func clientIP(r *http.Request, trustForwarded bool) netip.Addr {
 }
 
 func setHeaders(h http.Header, a Answer) {
-	h.Set(HeaderCode, a.Code)
-	if !a.Valid {
-		return
+	for _, hv := range AnswerHeaders(a) {
+		h.Set(hv.Name, hv.Value)
 	}
-	h.Set(HeaderTenant, a.Tenant)
-	h.Set(HeaderKeyID, a.KeyID)
-	h.Set(HeaderScopes, strings.Join(a.Scopes, ","))
-	h.Set(HeaderRole, a.Role)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v interface{}) {
@@ -173,10 +142,10 @@ func writeJSON(w http.ResponseWriter, status int, v interface{}) {
 // HTTP, Traefik forwardAuth), /healthz and /metrics.
 func (e *Edge) Handler(opts HTTPOptions) http.Handler {
 	mux := http.NewServeMux()
-	check := Middleware(e, opts)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	check := checkEndpoint(Middleware(e, opts)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a, _ := AnswerFrom(r.Context())
 		writeJSON(w, http.StatusOK, a)
-	}))
+	})))
 	mux.Handle("/check", check)
 	// Envoy's ext_authz appends the original path to its path_prefix.
 	mux.Handle("/check/", check)

@@ -15,6 +15,9 @@ type metrics struct {
 	seq           prometheus.Gauge
 	lastSync      prometheus.Gauge
 	usageReported *prometheus.CounterVec
+	// all is every collector above and the gauges of newMetrics, for a
+	// registry other than the edge's own (Collector).
+	all []prometheus.Collector
 }
 
 func newMetrics(reg *prometheus.Registry, e *Edge) *metrics {
@@ -60,7 +63,7 @@ func newMetrics(reg *prometheus.Registry, e *Edge) *metrics {
 			Help: "Per-key usage entries sent to usage/report, by result (ok, error: kept for the next report).",
 		}, []string{"result"}),
 	}
-	reg.MustRegister(m.usageReported, m.verifications, m.vaultVerify, m.negativeHits, m.unavailable, m.resyncs,
+	m.all = []prometheus.Collector{m.usageReported, m.verifications, m.vaultVerify, m.negativeHits, m.unavailable, m.resyncs,
 		m.syncErrors, m.changes, m.seq, m.lastSync,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "apikeys_edge_stale",
@@ -88,6 +91,25 @@ func newMetrics(reg *prometheus.Registry, e *Edge) *metrics {
 			Name: "apikeys_edge_negative_cache_entries",
 			Help: "Entries in the negative cache.",
 		}, func() float64 { return float64(e.neg.len()) }),
-	)
+	}
+	reg.MustRegister(m.all...)
 	return m
+}
+
+// Collector gathers the edge's metrics, to register them in a registry
+// besides the edge's own (Caddy's, which the admin endpoint serves).
+func (e *Edge) Collector() prometheus.Collector { return collectors(e.m.all) }
+
+type collectors []prometheus.Collector
+
+func (cs collectors) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range cs {
+		c.Describe(ch)
+	}
+}
+
+func (cs collectors) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range cs {
+		c.Collect(ch)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -17,8 +18,10 @@ import (
 
 	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/api"
+	"google.golang.org/grpc"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge/extauthz"
 )
 
 // version and commit are stamped by scripts/release.sh (-ldflags -X);
@@ -73,6 +76,24 @@ func readSecretID(file string) (string, error) {
 	return id, nil
 }
 
+// serveGRPC serves Envoy's ext_authz Check on addr until the returned
+// server is stopped; a failure to serve goes to errc.
+func serveGRPC(log hclog.Logger, addr string, e *edge.Edge, keyHeader string, errc chan<- error) (*grpc.Server, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("grpc listen: %w", err)
+	}
+	g := grpc.NewServer()
+	extauthz.New(e, extauthz.Options{KeyHeader: keyHeader}).Register(g)
+	go func() {
+		log.Info("serving ext_authz gRPC", "listen", addr)
+		if err := g.Serve(l); err != nil {
+			errc <- fmt.Errorf("grpc serve: %w", err)
+		}
+	}()
+	return g, nil
+}
+
 func run(log hclog.Logger, args []string) error {
 	fs := flag.NewFlagSet("apikeys-edge", flag.ContinueOnError)
 	// VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT… are read by the Vault client
@@ -87,6 +108,7 @@ func run(log hclog.Logger, args []string) error {
 	pollWait := fs.Duration("poll-wait", envDuration("EDGE_POLL_WAIT", 10*time.Second), "long-poll wait of the change feed (EDGE_POLL_WAIT)")
 	negTTL := fs.Duration("negative-ttl", envDuration("EDGE_NEGATIVE_TTL", 30*time.Second), "how long a NOT_FOUND from Vault is cached (EDGE_NEGATIVE_TTL)")
 	keyHeader := fs.String("key-header", env("EDGE_KEY_HEADER", ""), "header holding the key, read before Authorization: Bearer (EDGE_KEY_HEADER), e.g. X-Api-Key")
+	grpcListen := fs.String("grpc-listen", env("EDGE_GRPC_LISTEN", ""), "listen address of Envoy's ext_authz gRPC Check (EDGE_GRPC_LISTEN); off when empty")
 	trustFwd := fs.Bool("trust-forwarded", os.Getenv("EDGE_TRUST_FORWARDED") == "true", "take the client IP from X-Real-IP / X-Forwarded-For (EDGE_TRUST_FORWARDED=true); only behind a gateway")
 	showVersion := fs.Bool("version", false, "print the version, commit and Go version, and exit")
 	if err := fs.Parse(args); err != nil {
@@ -129,8 +151,15 @@ func run(log hclog.Logger, args []string) error {
 		Handler:           e.Handler(edge.HTTPOptions{KeyHeader: *keyHeader, TrustForwarded: *trustFwd}),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- e.Run(ctx) }()
+	if *grpcListen != "" {
+		g, err := serveGRPC(log, *grpcListen, e, *keyHeader, errc)
+		if err != nil {
+			return err
+		}
+		defer g.GracefulStop()
+	}
 	go func() {
 		log.Info("serving", "listen", *listen, "mount", *mount, "staleness", *staleness)
 		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -13,9 +13,14 @@
 // as GET with the key in the X-Api-Key header, which takes one round trip
 // like info.
 //
+// Then, with -gateways (on by default), what a key check costs a gateway
+// (gateways.go): Caddy proxying alone, Caddy with the apikeys module,
+// Caddy forward_auth to the edge and to an empty 200, and the edge's gRPC
+// Check, all before one tiny upstream, with the same workers.
+//
 // Run it as
 //
-//	go run ./scripts/bench [-duration 10s] [-warmup 2s] [-workers 16] [-rounds 1] [-json out.json]
+//	go run ./scripts/bench [-duration 10s] [-warmup 2s] [-workers 16] [-rounds 1] [-json out.json] [-gateways=false] [-gateway-duration 5s]
 //
 // The load generator, Vault and the plugin share the machine, so absolute
 // numbers depend on the cores left to each; the ratios are what to compare.
@@ -80,6 +85,12 @@ type config struct {
 	warmup   time.Duration
 	rounds   int
 	jsonPath string
+	// gateways adds the gateway rows (gateways.go), each measured for
+	// gatewayDuration.
+	gateways        bool
+	gatewayDuration time.Duration
+	// onlyGateways measures the edge check and the gateway rows alone.
+	onlyGateways bool
 }
 
 // target is one endpoint under load. Want must appear in every answer: a
@@ -95,6 +106,9 @@ type target struct {
 	apiKey string
 	// url, when set, replaces Vault's address and Path (the edge).
 	url string
+	// gateway: a gateway row (gateways.go); grpc: sent as Envoy's Check
+	// to the gRPC address in url.
+	gateway, grpc bool
 }
 
 // roundResult is one measured attack on one target.
@@ -180,7 +194,13 @@ func run() int {
 	flag.DurationVar(&cfg.warmup, "warmup", 2*time.Second, "load before each measurement whose results are discarded")
 	flag.IntVar(&cfg.rounds, "rounds", 1, "run the target sequence this many times, interleaved, and report the median round")
 	flag.StringVar(&cfg.jsonPath, "json", "", "also write the results as JSON to this file")
+	flag.BoolVar(&cfg.gateways, "gateways", true, "also measure the gateway rows: Caddy alone, with the apikeys module, forward_auth to the edge and to an empty 200, and the edge's gRPC Check")
+	flag.DurationVar(&cfg.gatewayDuration, "gateway-duration", 0, "measured load per gateway row and round (default: -duration)")
+	flag.BoolVar(&cfg.onlyGateways, "only-gateways", false, "measure only the edge check and the gateway rows (more rounds of them in the same time)")
 	flag.Parse()
+	if cfg.gatewayDuration <= 0 {
+		cfg.gatewayDuration = cfg.duration
+	}
 	if cfg.workers < 1 || cfg.rounds < 1 || cfg.duration <= 0 || cfg.warmup < 0 || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "bench: -workers and -rounds must be >= 1, -duration > 0, -warmup >= 0, and no arguments")
 		flag.Usage()
@@ -236,20 +256,39 @@ func bench(ctx context.Context, cfg config, logger *log.Logger) (*report, error)
 	if err != nil {
 		return nil, fmt.Errorf("%w\n--- vault log (tail) ---\n%s", err, srv.LogTail(30))
 	}
-	edgeURL, edgePID, stopEdge, err := startEdge(ctx, srv, logger)
+	edgeURL, edgeGRPC, edgePID, stopEdge, err := startEdge(ctx, srv, logger)
 	if err != nil {
 		return nil, err
 	}
 	defer stopEdge()
 	// The edge verifier next to the gateway: same key, same load tool,
 	// same run, its own process.
+	key := targets[4].apiKey
 	targets = append(targets, target{Name: "edge check", Method: http.MethodGet, Path: "check", url: edgeURL + "/check",
-		apiKey: targets[4].apiKey, want: []byte(`"code":"VALID"`)})
+		apiKey: key, want: []byte(`"code":"VALID"`)})
+	caddyPID := 0
+	if cfg.gateways {
+		g, err := startGateways(ctx, srv, strings.TrimPrefix(edgeURL, "http://"), edgeGRPC, key, logger)
+		if err != nil {
+			return nil, err
+		}
+		defer g.stop()
+		defer closeGRPC()
+		for i := range g.targets {
+			g.targets[i].gateway = true
+		}
+		targets = append(targets, g.targets...)
+		caddyPID = g.caddyPID
+	}
+	vaultRows := !cfg.onlyGateways || !cfg.gateways
+	if !vaultRows {
+		targets = targets[6:] // from the edge check on
+	}
 	m, err := describeMachine(ctx, srv)
 	if err != nil {
 		return nil, err
 	}
-	cpu := newCPUMeter(srv.VaultBin, edgePID)
+	cpu := newCPUMeter(srv.VaultBin, edgePID, caddyPID)
 
 	// One transport for all attacks, so the warmup's connections are the
 	// ones the measurement uses and no run pays for TCP handshakes.
@@ -267,6 +306,12 @@ func bench(ctx context.Context, cfg config, logger *log.Logger) (*report, error)
 	// Each answer must be right before any load: a benchmark of failing
 	// requests is worthless, and this shows the body that was wrong.
 	for _, t := range targets {
+		if t.grpc {
+			if err := probeGRPC(ctx, t); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if err := probe(ctx, client, srv, t); err != nil {
 			return nil, err
 		}
@@ -275,14 +320,24 @@ func bench(ctx context.Context, cfg config, logger *log.Logger) (*report, error)
 	results := make([][]roundResult, len(targets))
 	for r := 0; r < cfg.rounds; r++ {
 		for i, t := range targets {
-			logger.Printf("round %d/%d: %s (%s warmup, %s measured)", r+1, cfg.rounds, t.Name, cfg.warmup, cfg.duration)
+			d := cfg.duration
+			if t.gateway {
+				d = cfg.gatewayDuration
+			}
+			run := func(d time.Duration) (roundResult, error) {
+				if t.grpc {
+					return attackGRPC(ctx, t, cfg.workers, d)
+				}
+				return attack(ctx, client, srv, t, cfg.workers, d)
+			}
+			logger.Printf("round %d/%d: %s (%s warmup, %s measured)", r+1, cfg.rounds, t.Name, cfg.warmup, d)
 			if cfg.warmup > 0 {
-				if _, err := attack(ctx, client, srv, t, cfg.workers, cfg.warmup); err != nil {
+				if _, err := run(cfg.warmup); err != nil {
 					return nil, fmt.Errorf("%s warmup: %w", t.Name, err)
 				}
 			}
 			before := cpu.sample()
-			res, err := attack(ctx, client, srv, t, cfg.workers, cfg.duration)
+			res, err := run(d)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", t.Name, err)
 			}
@@ -303,37 +358,40 @@ func bench(ctx context.Context, cfg config, logger *log.Logger) (*report, error)
 	for i, t := range targets {
 		rep.Targets = append(rep.Targets, summarize(t, results[i]))
 	}
-	verify, info, kv, verifyGet := rep.Targets[0].Median, rep.Targets[1].Median, rep.Targets[2].Median, rep.Targets[4].Median
-	rep.Ratios["verify/info req/s"] = ratio(verify.Throughput, info.Throughput)
-	rep.Ratios["verify/info p99"] = ratio(float64(verify.P99), float64(info.P99))
-	rep.Ratios["verify GET/info req/s"] = ratio(verifyGet.Throughput, info.Throughput)
-	rep.Ratios["verify GET/info p99"] = ratio(float64(verifyGet.P99), float64(info.P99))
-	rep.Ratios["info/kv req/s"] = ratio(info.Throughput, kv.Throughput)
-	miss := rep.Targets[5].Median
-	edge := rep.Targets[6].Median
-	rep.Ratios["edge/kv req/s"] = ratio(edge.Throughput, kv.Throughput)
-	rep.Ratios["edge/verify GET req/s"] = ratio(edge.Throughput, verifyGet.Throughput)
-	rep.MissMinusHitP50 = (miss.P50 - verifyGet.P50).String()
-	rep.Ratios["verify/kv req/s"] = ratio(verify.Throughput, kv.Throughput)
-	rep.Checks = append(rep.Checks, check{
-		Name:  fmt.Sprintf("edge req/s >= %.0f x kv-v2 read", minEdgeOverKV),
-		Ratio: rep.Ratios["edge/kv req/s"],
-		Pass:  rep.Ratios["edge/kv req/s"] >= minEdgeOverKV,
-	})
-	// POST verify pays a second plugin round trip (Vault's existence check
-	// before every write) that GET info does not; GET verify does not.
-	for _, v := range []string{"verify", "verify GET"} {
-		rep.Checks = append(rep.Checks,
-			check{
-				Name:  fmt.Sprintf("%s req/s >= %.2f x info", v, minVerifyThroughputRatio),
-				Ratio: rep.Ratios[v+"/info req/s"],
-				Pass:  rep.Ratios[v+"/info req/s"] >= minVerifyThroughputRatio,
-			},
-			check{
-				Name:  fmt.Sprintf("%s p99 <= %.1f x info p99", v, maxVerifyP99Ratio),
-				Ratio: rep.Ratios[v+"/info p99"],
-				Pass:  rep.Ratios[v+"/info p99"] > 0 && rep.Ratios[v+"/info p99"] <= maxVerifyP99Ratio,
-			})
+	gatewayRatios(rep)
+	if vaultRows {
+		verify, info, kv, verifyGet := rep.Targets[0].Median, rep.Targets[1].Median, rep.Targets[2].Median, rep.Targets[4].Median
+		rep.Ratios["verify/info req/s"] = ratio(verify.Throughput, info.Throughput)
+		rep.Ratios["verify/info p99"] = ratio(float64(verify.P99), float64(info.P99))
+		rep.Ratios["verify GET/info req/s"] = ratio(verifyGet.Throughput, info.Throughput)
+		rep.Ratios["verify GET/info p99"] = ratio(float64(verifyGet.P99), float64(info.P99))
+		rep.Ratios["info/kv req/s"] = ratio(info.Throughput, kv.Throughput)
+		miss := rep.Targets[5].Median
+		edge := rep.Targets[6].Median
+		rep.Ratios["edge/kv req/s"] = ratio(edge.Throughput, kv.Throughput)
+		rep.Ratios["edge/verify GET req/s"] = ratio(edge.Throughput, verifyGet.Throughput)
+		rep.MissMinusHitP50 = (miss.P50 - verifyGet.P50).String()
+		rep.Ratios["verify/kv req/s"] = ratio(verify.Throughput, kv.Throughput)
+		rep.Checks = append(rep.Checks, check{
+			Name:  fmt.Sprintf("edge req/s >= %.0f x kv-v2 read", minEdgeOverKV),
+			Ratio: rep.Ratios["edge/kv req/s"],
+			Pass:  rep.Ratios["edge/kv req/s"] >= minEdgeOverKV,
+		})
+		// POST verify pays a second plugin round trip (Vault's existence check
+		// before every write) that GET info does not; GET verify does not.
+		for _, v := range []string{"verify", "verify GET"} {
+			rep.Checks = append(rep.Checks,
+				check{
+					Name:  fmt.Sprintf("%s req/s >= %.2f x info", v, minVerifyThroughputRatio),
+					Ratio: rep.Ratios[v+"/info req/s"],
+					Pass:  rep.Ratios[v+"/info req/s"] >= minVerifyThroughputRatio,
+				},
+				check{
+					Name:  fmt.Sprintf("%s p99 <= %.1f x info p99", v, maxVerifyP99Ratio),
+					Ratio: rep.Ratios[v+"/info p99"],
+					Pass:  rep.Ratios[v+"/info p99"] > 0 && rep.Ratios[v+"/info p99"] <= maxVerifyP99Ratio,
+				})
+		}
 	}
 	return rep, nil
 }
@@ -537,11 +595,17 @@ func attack(ctx context.Context, client *http.Client, srv *testvault.Server, t t
 		}
 	}()
 
+	return measure(ctx, a.Attack(t.targeter(srv), vegeta.Rate{Freq: 0}, d, t.Name), t.want)
+}
+
+// measure summarises an attack's results: a success is an HTTP 200 whose
+// body holds want; the throughput counts successes only.
+func measure(ctx context.Context, results <-chan *vegeta.Result, want []byte) (roundResult, error) {
 	var m vegeta.Metrics
 	var res roundResult
-	for r := range a.Attack(t.targeter(srv), vegeta.Rate{Freq: 0}, d, t.Name) {
+	for r := range results {
 		m.Add(r)
-		if r.Error == "" && r.Code == http.StatusOK && bytes.Contains(r.Body, t.want) {
+		if r.Error == "" && r.Code == http.StatusOK && bytes.Contains(r.Body, want) {
 			res.OK++
 			continue
 		}
@@ -700,14 +764,23 @@ func printReport(w *os.File, rep *report) {
 			for i, r := range t.Rounds {
 				rates[i] = fmt.Sprintf("%.0f", r.Throughput)
 			}
-			fmt.Fprintf(w, "%-13s req/s by round: %s\n", t.Name, strings.Join(rates, " "))
+			fmt.Fprintf(w, "%-20s req/s by round: %s\n", t.Name, strings.Join(rates, " "))
 		}
 	}
 	fmt.Fprintln(w)
 	for _, k := range []string{"verify/info req/s", "verify/info p99", "verify GET/info req/s", "verify GET/info p99", "info/kv req/s", "verify/kv req/s", "edge/kv req/s", "edge/verify GET req/s"} {
-		fmt.Fprintf(w, "%-22s %.3f\n", k+":", rep.Ratios[k])
+		if v, ok := rep.Ratios[k]; ok {
+			fmt.Fprintf(w, "%-22s %.3f\n", k+":", v)
+		}
 	}
-	fmt.Fprintf(w, "%-22s %s\n", "miss - hit p50:", rep.MissMinusHitP50)
+	for _, k := range gatewayRatioNames {
+		if v, ok := rep.Ratios[k]; ok {
+			fmt.Fprintf(w, "%-34s %.3f\n", k+":", v)
+		}
+	}
+	if rep.MissMinusHitP50 != "" {
+		fmt.Fprintf(w, "%-22s %s\n", "miss - hit p50:", rep.MissMinusHitP50)
+	}
 	fmt.Fprintln(w)
 	for _, c := range rep.Checks {
 		verdict := "FAIL"
@@ -754,31 +827,33 @@ func neverIssued(key string) string {
 
 // startEdge builds cmd/apikeys-edge and runs it against the server with the
 // root token, reading the key from X-Api-Key; it returns the edge's base
-// URL once /healthz answers, its pid, and a func that stops it.
-func startEdge(ctx context.Context, srv *testvault.Server, logger *log.Logger) (string, int, func(), error) {
+// URL once /healthz answers, the address of its ext_authz gRPC, its pid,
+// and a func that stops it.
+func startEdge(ctx context.Context, srv *testvault.Server, logger *log.Logger) (string, string, int, func(), error) {
 	root, err := testvault.RepoRoot()
 	if err != nil {
-		return "", 0, nil, err
+		return "", "", 0, nil, err
 	}
 	bin := filepath.Join(srv.Dir, "apikeys-edge")
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/apikeys-edge")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
-		return "", 0, nil, fmt.Errorf("build apikeys-edge: %w: %s", err, out)
+		return "", "", 0, nil, fmt.Errorf("build apikeys-edge: %w: %s", err, out)
 	}
 	port, err := testvault.FreePortPair()
 	if err != nil {
-		return "", 0, nil, err
+		return "", "", 0, nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", port+1)
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), "VAULT_ADDR="+srv.Addr, "VAULT_TOKEN="+srv.Token, "EDGE_MOUNT="+mount,
-		"EDGE_LISTEN="+addr, "EDGE_KEY_HEADER=X-Api-Key", "EDGE_LOG_LEVEL=warn")
+		"EDGE_LISTEN="+addr, "EDGE_GRPC_LISTEN="+grpcAddr, "EDGE_KEY_HEADER=X-Api-Key", "EDGE_LOG_LEVEL=warn")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	// Its own process group, killed with us even if we die first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return "", 0, nil, fmt.Errorf("start apikeys-edge: %w", err)
+		return "", "", 0, nil, fmt.Errorf("start apikeys-edge: %w", err)
 	}
 	stop := func() {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
@@ -792,12 +867,12 @@ func startEdge(ctx context.Context, srv *testvault.Server, logger *log.Logger) (
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				logger.Printf("apikeys-edge serving at %s", url)
-				return url, cmd.Process.Pid, stop, nil
+				return url, grpcAddr, cmd.Process.Pid, stop, nil
 			}
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return "", 0, nil, fmt.Errorf("apikeys-edge not healthy at %s after 30s", url)
+			return "", "", 0, nil, fmt.Errorf("apikeys-edge not healthy at %s after 30s", url)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -822,16 +897,17 @@ const (
 	cpuVault  = "vault"
 	cpuPlugin = "plugin"
 	cpuEdge   = "edge"
+	cpuCaddy  = "caddy"
 	cpuBench  = "bench"
 	cpuOther  = "other"
 )
 
-var cpuRoles = []string{cpuVault, cpuPlugin, cpuEdge, cpuBench, cpuOther}
+var cpuRoles = []string{cpuVault, cpuPlugin, cpuEdge, cpuCaddy, cpuBench, cpuOther}
 
 // cpuMeter knows the processes serving the load. The plugin processes are
 // looked up at every sample, since Vault may restart them.
 type cpuMeter struct {
-	vaultPID, edgePID int
+	vaultPID, edgePID, caddyPID int
 	// tick is the unit of /proc's CPU times; 0 when /proc is unusable.
 	tick time.Duration
 }
@@ -848,8 +924,8 @@ type cpuSample map[cpuProc]time.Duration
 
 // newCPUMeter finds the Vault server among this process's children by its
 // binary; the edge's pid is known from starting it.
-func newCPUMeter(vaultBin string, edgePID int) *cpuMeter {
-	m := &cpuMeter{edgePID: edgePID, tick: clockTick()}
+func newCPUMeter(vaultBin string, edgePID, caddyPID int) *cpuMeter {
+	m := &cpuMeter{edgePID: edgePID, caddyPID: caddyPID, tick: clockTick()}
 	if m.tick == 0 {
 		return m
 	}
@@ -875,7 +951,7 @@ func (m *cpuMeter) sample() cpuSample {
 	add := func(role string, pid int, st procStat) {
 		s[cpuProc{role, pid}] = time.Duration(st.ticks) * m.tick
 	}
-	for role, pid := range map[string]int{cpuVault: m.vaultPID, cpuEdge: m.edgePID, cpuBench: os.Getpid()} {
+	for role, pid := range map[string]int{cpuVault: m.vaultPID, cpuEdge: m.edgePID, cpuCaddy: m.caddyPID, cpuBench: os.Getpid()} {
 		if pid == 0 {
 			continue
 		}
