@@ -107,6 +107,7 @@ func newBackend() *backend {
 		Paths: framework.PathAppend(
 			b.pathInfo(),
 			b.pathMetrics(),
+			b.pathUsageHistory(),
 			b.pathUsage(),
 			b.pathConfigMonitoring(),
 			b.pathNotifications(),

@@ -39,9 +39,10 @@ func defaultMonitorConfig() *monitorConfig {
 		KeySpikeFactor:         10,
 		KeySpikeMinimum:        100,
 		StaleAfter:             30 * 24 * time.Hour,
-		// Longer than Vault's default max lease TTL (32 days), so a lease
-		// that outlives its deleted key still finds the key's tombstone.
-		UsageRetention:      35 * 24 * time.Hour,
+		// Daily usage history for a quarter; and longer than Vault's
+		// default max lease TTL (32 days), so a lease that outlives its
+		// deleted key still finds the key's tombstone.
+		UsageRetention:      90 * 24 * time.Hour,
 		ScanInterval:        time.Minute,
 		ScanBatch:           1000,
 		FlushMaxWrites:      500,
@@ -137,7 +138,7 @@ func monitorDurations(c *monitorConfig) []struct {
 	}{
 		{"anomaly_window", "Length of the windows in which failures and per-key traffic are counted.", &c.AnomalyWindow, time.Second},
 		{"stale_after", "A key unused this long is reported stale in usage.", &c.StaleAfter, time.Second},
-		{"usage_retention", "How long a revoked key's usage (its tombstone) is kept; keep it above the mount's max lease TTL.", &c.UsageRetention, time.Minute},
+		{"usage_retention", "How long daily usage history is kept (at least 3 days), and a revoked key's usage (its tombstone and history) after its revocation; keep it above the mount's max lease TTL.", &c.UsageRetention, time.Minute},
 		{"scan_interval", "How often the active node scans a batch of keys for key-expiring and revoke_unused_after.", &c.ScanInterval, 100 * time.Millisecond},
 		{"delivery_retry_base", "Wait after a delivery's first failure; doubles per failure, with jitter.", &c.DeliveryRetryBase, 10 * time.Millisecond},
 		{"delivery_retry_max", "Longest wait between two delivery attempts.", &c.DeliveryRetryMax, 10 * time.Millisecond},
@@ -160,7 +161,7 @@ func monitorInts(c *monitorConfig) []struct {
 		{"key_spike_factor", "A key's verifications in a window at this multiple of its own baseline raise a verify-anomaly.", &c.KeySpikeFactor, 2},
 		{"key_spike_minimum", "Fewest verifications in a window that can count as a key's spike.", &c.KeySpikeMinimum, 1},
 		{"scan_batch", "Keys the scan looks at per scan_interval.", &c.ScanBatch, 1},
-		{"flush_max_writes", "Most storage writes one usage flush makes; the rest waits for the next.", &c.FlushMaxWrites, 1},
+		{"flush_max_writes", "Most storage writes one usage flush makes (a tenant or key that counted verifies or traffic takes two: its history and its totals); the rest waits for the next.", &c.FlushMaxWrites, 2},
 		{"delivery_max_attempts", "Delivery attempts before a notification is dead-lettered.", &c.DeliveryMaxAttempts, 1},
 	}
 }
@@ -272,10 +273,12 @@ const pathMonitorConfigHelpDesc = `
                             average of earlier windows (10x) ...
   key_spike_minimum         ... and at least this many (100)
   stale_after               unused keys reported stale (30 days)
-  usage_retention           revoked keys' usage kept (35 days)
+  usage_retention           daily usage history kept, and revoked keys'
+                            usage after revocation (90 days)
   scan_interval, scan_batch how the active node walks keys for key-expiring
                             and revoke_unused_after (1000 keys per minute)
-  flush_max_writes          storage writes per usage flush (500)
+  flush_max_writes          storage writes per usage flush (500; a tenant or
+                            key takes two when its history changed)
   delivery_max_attempts, delivery_retry_base, delivery_retry_max,
   delivery_timeout          webhook retries (12 attempts, 2s doubling to 10m,
                             10s per attempt)

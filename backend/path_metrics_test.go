@@ -165,7 +165,8 @@ func TestMonitoringPathsFollowTheConventions(t *testing.T) {
 			}
 		}
 	}
-	if found != 9 {
-		t.Fatalf("found %d monitoring paths, want 9", found)
+	// 9, and the two usage/history paths.
+	if found != 11 {
+		t.Fatalf("found %d monitoring paths, want 11", found)
 	}
 }

@@ -86,14 +86,16 @@ func (b *backend) pathTidyStatusRead(context.Context, *logical.Request, *framewo
 		finished = st.FinishedAt.Format(time.RFC3339)
 	}
 	return &logical.Response{Data: map[string]interface{}{
-		"state":           st.State,
-		"trigger":         st.Trigger,
-		"started_at":      st.StartedAt.Format(time.RFC3339),
-		"finished_at":     finished,
-		"keys_checked":    st.KeysChecked,
-		"expired_removed": st.ExpiredRemoved,
-		"orphans_removed": st.OrphansRemoved,
-		"error":           st.Error,
+		"state":             st.State,
+		"trigger":           st.Trigger,
+		"started_at":        st.StartedAt.Format(time.RFC3339),
+		"finished_at":       finished,
+		"keys_checked":      st.KeysChecked,
+		"expired_removed":   st.ExpiredRemoved,
+		"orphans_removed":   st.OrphansRemoved,
+		"history_compacted": st.HistoryCompacted,
+		"history_removed":   st.HistoryRemoved,
+		"error":             st.Error,
 	}}, nil
 }
 
@@ -108,7 +110,10 @@ and removes:
     revocation never ran, and non-leased keys (roles with leased=false),
     which rely on tidy to be removed once expired;
   - index entries whose key record is gone, and key records no index entry
-    points at: leftovers of a write interrupted by a crash.
+    points at: leftovers of a write interrupted by a crash;
+  - usage history that aged out: hourly buckets older than 48 hours, daily
+    ones older than config/monitoring usage_retention (at most 20000
+    history writes per run; the next run goes on).
 
 It works in batches of batch_size with a pause between, and never touches
 the current key of a static key. The active node also runs it every hour.
@@ -119,6 +124,7 @@ const pathTidyStatusHelpSyn = `Report the last tidy run.`
 
 const pathTidyStatusHelpDesc = `
 state (running, finished, error or never_run), what started it (manual or
-periodic), when it started and finished, how many keys it checked and how
-many expired keys and orphaned records it removed, and the error if any.
+periodic), when it started and finished, how many keys it checked, how
+many expired keys and orphaned records it removed, how many days of usage
+history it compacted (hours dropped) and removed, and the error if any.
 `

@@ -165,12 +165,8 @@ func (b *backend) recordReport(r gatewayReport, hash *[32]byte) {
 	k.requests.Add(r.requests)
 	k.errors.Add(r.errs)
 	k.latencyMicro.Add(r.latencySumMicro)
-	for {
-		cur := k.latencyMax.Load()
-		if r.max <= cur || k.latencyMax.CompareAndSwap(cur, r.max) {
-			break
-		}
-	}
+	storeMax(&k.latencyMax, r.max)
+	storeMax(&k.hist.latencyMax, r.max)
 	if r.lastUsedSec > 0 {
 		// A reporter's clock may run ahead; never record the future.
 		n := min(int64(r.lastUsedSec)*int64(time.Second), b.usage.now().UnixNano())
@@ -186,6 +182,7 @@ func (b *backend) recordReport(r gatewayReport, hash *[32]byte) {
 	t.requests.Add(r.requests)
 	t.errors.Add(r.errs)
 	t.latencyMicro.Add(r.latencySumMicro)
+	storeMax(&t.hist.latencyMax, r.max)
 	t.dirty.Store(true)
 }
 
@@ -266,18 +263,23 @@ func nonNegative(m map[string]interface{}, field string, scale float64) (uint64,
 // keyUsageData is what the key read and the usage read show of a key.
 func keyUsageData(u keyUsageRecord) map[string]interface{} {
 	data := map[string]interface{}{
-		"last_used_at":            timeOrNil(u.LastUsedAt),
-		"verify_count":            u.VerifyCount,
-		"requests":                u.Requests,
-		"errors":                  u.Errors,
-		"upstream_latency_ms_avg": nil,
-		"upstream_latency_ms_max": nil,
+		"last_used_at": timeOrNil(u.LastUsedAt),
+		"verify_count": u.VerifyCount,
 	}
-	if u.Requests > 0 {
-		data["upstream_latency_ms_avg"] = math.Round(float64(u.LatencyMicro)/float64(u.Requests)) / 1000
-		data["upstream_latency_ms_max"] = float64(u.LatencyMax) / 1000
-	}
+	addGatewayFigures(data, u.Requests, u.Errors, u.LatencyMicro, u.LatencyMax)
 	return data
+}
+
+// addGatewayFigures sets what gateways reported of a key (or in a usage
+// history bucket): requests, errors, and the upstream latency's average
+// and maximum in milliseconds, null without requests.
+func addGatewayFigures(data map[string]interface{}, requests, errs, latencyMicro, latencyMax uint64) {
+	data["requests"], data["errors"] = requests, errs
+	data["upstream_latency_ms_avg"], data["upstream_latency_ms_max"] = nil, nil
+	if requests > 0 {
+		data["upstream_latency_ms_avg"] = math.Round(float64(latencyMicro)/float64(requests)) / 1000
+		data["upstream_latency_ms_max"] = float64(latencyMax) / 1000
+	}
 }
 
 // withKeyUsage adds a key's usage to its read response (the hook of

@@ -171,10 +171,14 @@ func (b *backend) startScanPass(ctx context.Context, s logical.Storage) error {
 	if err := b.refreshPrefixes(ctx, s); err != nil {
 		return err
 	}
-	// Usage of tenants that are gone.
+	// Usage of tenants that are gone: history first, so a failure leaves
+	// the totals that bring this back on the next pass.
 	for _, n := range stored {
 		if slices.Contains(names, n) {
 			continue
+		}
+		if err := deleteHistory(ctx, s, tenantHistoryPrefix(n), fmt.Sprintf("usage history of deleted tenant %q", n)); err != nil {
+			return err
 		}
 		if err := s.Delete(ctx, usageTenantPrefix+n); err != nil {
 			return fmt.Errorf("delete usage of deleted tenant %q: %w", n, err)
@@ -185,7 +189,7 @@ func (b *backend) startScanPass(ctx context.Context, s logical.Storage) error {
 }
 
 // startScanTenant lists one tenant's keys and removes the usage tombstones
-// past retention. Usage records are listed before keys: a record listed
+// past retention, with the keys' usage history. Usage records are listed before keys: a record listed
 // first whose key is missing from the later key list was revoked, never
 // merely issued in between.
 func (b *backend) startScanTenant(ctx context.Context, s logical.Storage, tenant string, now time.Time, mcfg *monitorConfig) error {
@@ -216,6 +220,11 @@ func (b *backend) startScanTenant(ctx context.Context, s logical.Storage, tenant
 		}
 		if rec == nil || rec.RevokedAt.IsZero() || now.Sub(rec.RevokedAt) < mcfg.UsageRetention {
 			continue
+		}
+		// The key's history goes with its tombstone, first, so that a
+		// failure leaves the tombstone that brings this back.
+		if err := deleteHistory(ctx, s, keyHistoryPrefix(tenant, id), fmt.Sprintf("usage history of key %q", id)); err != nil {
+			return err
 		}
 		if err := s.Delete(ctx, usageKeyPath(tenant, id)); err != nil {
 			return fmt.Errorf("delete usage tombstone of key %q: %w", id, err)

@@ -26,6 +26,12 @@ import (
 //	usage/tenants/<tenant>          usage totals of a tenant as last flushed
 //	usage/keys/<tenant>/<key_id>    usage of a key; kept after revocation as
 //	                                a tombstone
+//	usage/history/tenants/<tenant>/<YYYY-MM-DD>,
+//	usage/history/keys/<tenant>/<key_id>/<YYYY-MM-DD>
+//	                                usage history: one entry per tenant or
+//	                                key and UTC day, holding the day's total
+//	                                and, for the last 48 h, its hours
+//	usage/history/tidy              how far tidy has aged history out
 //	edge/verifier                   the secret edges hash keys with
 //	                                (seal-wrapped)
 //	edge/head, edge/changes/<seq>   the edge sync change feed
@@ -55,11 +61,27 @@ const (
 	feedPrefix         = "edge/changes/"
 )
 
+// Usage history sits beside the totals, not under usage/keys/<tenant>/,
+// whose listing the key scan reads as a list of key ids.
+const (
+	usageHistoryPrefix       = usagePrefix + "history/"
+	usageHistoryTenantPrefix = usageHistoryPrefix + "tenants/"
+	usageHistoryKeyPrefix    = usageHistoryPrefix + "keys/"
+	usageHistoryTidyPath     = usageHistoryPrefix + "tidy"
+)
+
 func rolePrefix(tenant string) string      { return roleStoragePrefix + tenant + "/" }
 func staticKeyPrefix(tenant string) string { return staticPrefix + tenant + "/" }
 func keyIndexPrefix(tenant string) string  { return keyStoragePrefix + tenant + "/" }
 
 func usageKeyPath(tenant, id string) string { return usageKeyPrefix + tenant + "/" + id }
+
+// tenantHistoryPrefix and keyHistoryPrefix hold one entry per UTC day, named
+// by historyDayFormat.
+func tenantHistoryPrefix(tenant string) string { return usageHistoryTenantPrefix + tenant + "/" }
+func keyHistoryPrefix(tenant, id string) string {
+	return usageHistoryKeyPrefix + tenant + "/" + id + "/"
+}
 
 func feedEntryKey(seq uint64) string { return fmt.Sprintf("%s%020d", feedPrefix, seq) }
 

@@ -27,6 +27,11 @@ type tidyStatus struct {
 	ExpiredRemoved int       `json:"expired_removed"`
 	OrphansRemoved int       `json:"orphans_removed"`
 	Error          string    `json:"error"`
+
+	// HistoryCompacted counts usage history days whose hours were dropped,
+	// HistoryRemoved days removed (usage_history.go).
+	HistoryCompacted int `json:"history_compacted"`
+	HistoryRemoved   int `json:"history_removed"`
 }
 
 type tidyState struct {
@@ -68,7 +73,8 @@ func (b *backend) startTidy(s logical.Storage, trigger string, buffer time.Durat
 			return
 		}
 		b.Logger().Info("tidy finished", "keys_checked", b.tidy.status.KeysChecked,
-			"expired_removed", b.tidy.status.ExpiredRemoved, "orphans_removed", b.tidy.status.OrphansRemoved)
+			"expired_removed", b.tidy.status.ExpiredRemoved, "orphans_removed", b.tidy.status.OrphansRemoved,
+			"history_compacted", b.tidy.status.HistoryCompacted, "history_removed", b.tidy.status.HistoryRemoved)
 	}()
 	return true
 }
@@ -90,6 +96,7 @@ func (b *backend) periodicTidy(req *logical.Request) {
 // an orphan of an interrupted write and is removed; a key expired longer
 // than buffer ago is revoked (a lease that never got revoked, or a
 // non-leased key); a record that no index entry points at is removed too.
+// Then usage history that aged out goes (tidyHistory).
 // Work goes in batches with a pause between, so verify and issue never wait
 // on it long.
 func (b *backend) runTidy(ctx context.Context, s logical.Storage, buffer time.Duration, batch int, now func() time.Time) error {
@@ -141,7 +148,7 @@ func (b *backend) runTidy(ctx context.Context, s logical.Storage, buffer time.Du
 			return err
 		}
 	}
-	return nil
+	return b.tidyHistory(ctx, s, now(), pause, historyTidyMaxWrites)
 }
 
 // tidyIndexEntry removes one index entry of a tenant when its record is

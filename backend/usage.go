@@ -24,7 +24,10 @@ import (
 // Counters in memory only ever grow, from zero at process start; the stored
 // totals of this process are "base" (what storage held when this process
 // first touched the entry) plus the counters. No delta bookkeeping, so a
-// failed flush simply writes the larger total next time.
+// failed flush simply writes the larger total next time. Usage history
+// needs increments per bucket: usage_history.go takes them as the counters
+// less what this process already wrote to history, which keeps the same
+// property.
 const (
 	// unattributedTenant labels failures that name no tenant and whose key
 	// prefix is shared or unknown. Tenant names cannot start with "_".
@@ -109,8 +112,9 @@ type keyUsage struct {
 	latencyMax   atomic.Uint64
 	dirty        atomic.Bool
 	spike        rolling
+	hist         keyHistory // usage_history.go
 
-	mu     sync.Mutex // guards loaded, gone and base; record writers take it inside recordLocks
+	mu     sync.Mutex // guards loaded, gone, base and hist's bookkeeping; record writers take it inside recordLocks
 	loaded bool
 	gone   bool
 	base   keyUsageRecord
@@ -158,6 +162,7 @@ type tenantUsage struct {
 	latencyMicro     atomic.Uint64
 	dirty            atomic.Bool
 	failures         rolling
+	hist             tenantHistory // usage_history.go
 
 	// roles is replaced whole when a role is added (rarely), so readers
 	// take no lock.
@@ -431,12 +436,15 @@ func (u *usageTracker) tenantOfKey(apiKey string) string {
 // recordVerify is verify's only hook: it counts the answer in memory and
 // watches for anomalies. It must stay cheap. Once a key and tenant have
 // been seen, a VALID answer allocates nothing and takes no lock but its key
-// shard's read lock (usageTracker.key); a refusal with a client_ip also
-// takes ipWindow.mu, one mutex per mount (anomaly.go). No clock read but
-// the latency's (start is the time verify was given, from u.now). The
-// counters (the tenant's code and role counters, shared by all its keys,
-// and the key's verifies) take an atomic add on every call; last-use times
-// and dirty flags are written only when they change.
+// shard's read lock (usageTracker.key); so does a refusal about a found
+// key, which also allocates the key's refusal counters once, on its first
+// refusal; a refusal with a client_ip also takes ipWindow.mu, one mutex per
+// mount (anomaly.go). No clock read but the latency's (start is the time
+// verify was given, from u.now). The counters (the tenant's code and role
+// counters, shared by all its keys, and the key's verifies or refusals)
+// take an atomic add on every call; last-use times and dirty flags are
+// written only when they change. Usage history is built from these
+// counters by the flush, never here (usage_history.go).
 func (b *backend) recordVerify(in *contract.Request, out verifyOutcome, start time.Time) {
 	b.metrics.verifyLatency.observe(time.Since(start))
 	u := b.usage
@@ -476,18 +484,28 @@ func (b *backend) recordVerify(in *contract.Request, out verifyOutcome, start ti
 		return
 	}
 
-	// verify hands over the key for every refusal about a found key.
+	// verify hands over the key for every refusal about a found key; the
+	// key's history counts it too, and its counters lead to the tenant's.
+	// No role: verify_by_role counts VALID answers, and a role gets its
+	// counter with its key's first one.
+	ci := codeIndex(out.Code)
 	var tenant string
+	var t *tenantUsage
 	switch {
 	case out.Key != nil:
 		tenant = out.Key.profile.tenant
+		k := u.key(tenant, out.Key.keyID, "", &out.Key.hash)
+		k.countRefusal(ci)
+		t = k.tu
 	case in.Tenant != "":
 		tenant = in.Tenant
 	default:
 		tenant = u.tenantOfKey(in.APIKey)
 	}
-	t := u.tenant(tenant)
-	t.codes[codeIndex(out.Code)].Add(1)
+	if t == nil {
+		t = u.tenant(tenant)
+	}
+	t.codes[ci].Add(1)
 	setDirty(&t.dirty)
 	// Rate limiting is the role working as configured, not a sign of attack.
 	if out.Code == contract.CodeRateLimited {
@@ -577,6 +595,13 @@ func (u *usageTracker) updateKeyUsage(ctx context.Context, s logical.Storage, te
 		rec := k.recordOf(c)
 		if !change(&rec) {
 			return false, nil
+		}
+		// History first: a tombstone drops the counters, and what they
+		// had not booked would be lost.
+		if d, m := k.pendingHistory(); !d.empty() {
+			if err := writeKeyHistory(ctx, s, k, &d, m, u.now()); err != nil {
+				return false, err
+			}
 		}
 		if err := putJSON(ctx, s, usageKeyPath(tenant, id), fmt.Sprintf("usage of key %q", id), rec); err != nil {
 			return false, err
@@ -668,8 +693,11 @@ func (u *usageTracker) writeTenant(ctx context.Context, s logical.Storage, t *te
 }
 
 // flush writes what changed since the last flush, at most maxWrites
-// entries; the rest stays dirty for the next one. Tenants go first: they
-// are few and carry the figures operators look at.
+// storage writes; the rest stays dirty for the next one. A tenant or key
+// takes two when it counted verifies or traffic (its history entry of the
+// day, then its totals: usage_history.go), and is never split between
+// flushes. Tenants go first: they are few and carry the figures operators
+// look at.
 func (u *usageTracker) flush(ctx context.Context, s logical.Storage, maxWrites int, now time.Time) (int, error) {
 	written := 0
 	for _, t := range u.tenantList() {
@@ -680,20 +708,20 @@ func (u *usageTracker) flush(ctx context.Context, s logical.Storage, maxWrites i
 			continue
 		}
 		t.mu.Lock()
-		err := u.writeTenant(ctx, s, t, now)
+		n, full, err := u.flushTenant(ctx, s, t, maxWrites-written, now)
 		t.mu.Unlock()
-		if err != nil {
+		written += n
+		if err != nil || full {
 			t.dirty.Store(true)
 			return written, err
 		}
-		written++
 	}
 	for i := range u.ids {
 		is := &u.ids[i]
 		is.mu.RLock()
 		var dirty []string
 		for id, k := range is.byID {
-			if k.dirty.Load() {
+			if k.dirty.Load() || k.hist.dirty.Load() {
 				dirty = append(dirty, id)
 			}
 		}
@@ -703,36 +731,65 @@ func (u *usageTracker) flush(ctx context.Context, s logical.Storage, maxWrites i
 				return written, nil
 			}
 			k := u.peekKey(id)
-			if k == nil || !k.dirty.Swap(false) {
+			if k == nil {
 				continue
 			}
-			wrote, err := u.flushKey(ctx, s, id, k)
-			if err != nil {
-				k.dirty.Store(true)
-				return written, err
+			totals, hist := k.dirty.Swap(false), k.hist.dirty.Swap(false)
+			if !totals && !hist {
+				continue
 			}
-			if wrote {
-				written++
+			n, full, err := u.flushKey(ctx, s, id, k, totals, maxWrites-written, now)
+			written += n
+			if err != nil || full {
+				// Setting a flag whose part was written costs the next
+				// flush a look, never a second count.
+				if totals {
+					k.dirty.Store(true)
+				}
+				if hist {
+					k.hist.dirty.Store(true)
+				}
+				return written, err
 			}
 		}
 	}
 	return written, nil
 }
 
-func (u *usageTracker) flushKey(ctx context.Context, s logical.Storage, id string, k *keyUsage) (bool, error) {
+// flushKey writes a key's history (when it counted something since) and,
+// when they changed, its totals, if that fits in budget writes; full says
+// it did not. A key refused and never verified since changed only its
+// history.
+func (u *usageTracker) flushKey(ctx context.Context, s logical.Storage, id string, k *keyUsage, totals bool, budget int, now time.Time) (written int, full bool, err error) {
 	lock := locksutil.LockForKey(u.recordLocks, id)
 	lock.Lock()
 	defer lock.Unlock()
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if err := u.loadKeyBase(ctx, s, id, k); err != nil {
-		return false, err
+		return 0, false, err
 	}
 	if k.gone {
 		u.dropKey(id)
-		return false, nil
+		return 0, false, nil
 	}
-	return true, putJSON(ctx, s, usageKeyPath(k.tenant, id), fmt.Sprintf("usage of key %q", id), k.record())
+	d, m := k.pendingHistory()
+	if boolInt(totals)+boolInt(!d.empty()) > budget {
+		return 0, true, nil
+	}
+	if !d.empty() {
+		if err := writeKeyHistory(ctx, s, k, &d, m, now); err != nil {
+			return 0, false, err
+		}
+		written++
+	}
+	if totals {
+		if err := putJSON(ctx, s, usageKeyPath(k.tenant, id), fmt.Sprintf("usage of key %q", id), k.record()); err != nil {
+			return written, false, err
+		}
+		written++
+	}
+	return written, false, nil
 }
 
 // flushUsage is the periodic and Clean-time flush; only nodes that passed
@@ -741,7 +798,9 @@ func (u *usageTracker) flushKey(ctx context.Context, s logical.Storage, id strin
 // to a second, sysview.go): it is logged at debug and the counts stay in
 // memory. A standby never flushes: its counts stay node-local.
 func (b *backend) flushUsage(ctx context.Context, s logical.Storage) {
-	n, err := b.usage.flush(ctx, s, b.usage.cfg.Load().FlushMaxWrites, b.usage.now())
+	// Two writes is the least one entry can take; a setting stored before
+	// that floor is read as it.
+	n, err := b.usage.flush(ctx, s, max(b.usage.cfg.Load().FlushMaxWrites, 2), b.usage.now())
 	switch {
 	case errors.Is(err, logical.ErrReadOnly):
 		b.Logger().Debug("usage not flushed: storage is read-only on this node")

@@ -75,13 +75,29 @@ func BenchmarkVerifyRecordedParallel(b *testing.B) {
 // BenchmarkRecordVerifyHook is the hook alone, over 10k keys already seen
 // (so every call misses the CPU cache the way a real mix of keys does).
 func BenchmarkRecordVerifyHook(b *testing.B) {
+	benchHook(b, nil, contract.CodeValid)
+}
+
+// BenchmarkRecordVerifyHookRefused is the hook alone for refusals about
+// found keys (INSUFFICIENT_SCOPE here), over 10k keys already seen: the
+// tenant's code counter and the key's refusal counter.
+func BenchmarkRecordVerifyHookRefused(b *testing.B) {
+	benchHook(b, []string{"nope"}, contract.CodeInsufficientScope)
+}
+
+// benchHook runs the hook on the answers verify gave for each of 10k keys
+// with these required scopes, which must all be code.
+func benchHook(b *testing.B, scopes []string, code string) {
 	ctx := context.Background()
 	m := benchPopulation(b, 10_000)
 	outs := make([]verifyOutcome, len(m.keys))
 	ins := make([]contract.Request, len(m.keys))
 	for i, k := range m.keys {
-		ins[i] = contract.Request{APIKey: k}
+		ins[i] = contract.Request{APIKey: k, RequiredScopes: scopes}
 		outs[i], _ = m.b.verify(ctx, m.s, &ins[i], time.Now())
+		if outs[i].Code != code || outs[i].Key == nil {
+			b.Fatalf("setup: %s, want %s", outs[i].Code, code)
+		}
 		m.b.recordVerify(&ins[i], outs[i], time.Now())
 	}
 	start := time.Now()

@@ -76,6 +76,7 @@ var tierAllowsOwnTenant = map[string][]string{
 		"tenants/:tenant/keys/:key_id read", "tenants/:tenant/keys/:key_id delete",
 		"tenants/:tenant/verify update", "tenants/:tenant/verify read",
 		"tenants/:tenant/usage read",
+		"tenants/:tenant/usage/history read", "tenants/:tenant/keys/:key_id/usage/history read",
 	},
 	"tenant-developer": {
 		"tenants/:tenant/roles/ list",
@@ -83,6 +84,7 @@ var tierAllowsOwnTenant = map[string][]string{
 		"tenants/:tenant/creds/:role read (dev-*)", "tenants/:tenant/creds/:role update (dev-*)",
 		"tenants/:tenant/keys/ list",
 		"tenants/:tenant/keys/:key_id read", "tenants/:tenant/keys/:key_id delete",
+		"tenants/:tenant/keys/:key_id/usage/history read",
 	},
 	"gateway": {
 		"tenants/:tenant/verify update", "tenants/:tenant/verify read",
@@ -355,6 +357,23 @@ func probes() []probe {
 			check: func(_ *fixture, tenant string, a answer) error {
 				if a.data["tenant"] != tenant || a.data["keys_active"] == nil {
 					return fmt.Errorf("usage: %v", a.data)
+				}
+				return nil
+			}},
+		{name: "tenants/:tenant/usage/history read", path: "tenants/{tenant}/usage/history", op: "read",
+			check: func(_ *fixture, tenant string, a answer) error {
+				if a.data["tenant"] != tenant || a.data["buckets"] == nil {
+					return fmt.Errorf("usage history: %v", a.data)
+				}
+				return nil
+			}},
+		{name: "tenants/:tenant/keys/:key_id/usage/history read", path: "tenants/{tenant}/keys/", op: "read",
+			prep: func(fx *fixture, tenant string) string {
+				return "tenants/" + tenant + "/keys/" + fx.id[tenant] + "/usage/history"
+			},
+			check: func(fx *fixture, tenant string, a answer) error {
+				if a.data["key_id"] != fx.id[tenant] || a.data["buckets"] == nil {
+					return fmt.Errorf("key usage history: %v", a.data)
 				}
 				return nil
 			}},

@@ -63,7 +63,15 @@ path "apikeys/tenants/{{identity.entity.metadata.tenant}}/keys/" {
 path "apikeys/tenants/{{identity.entity.metadata.tenant}}/keys/+" {
   capabilities = ["read", "delete"]
 }
+# Usage totals, and usage over time (hourly, daily) of the tenant and of
+# each key.
 path "apikeys/tenants/{{identity.entity.metadata.tenant}}/usage" {
+  capabilities = ["read"]
+}
+path "apikeys/tenants/{{identity.entity.metadata.tenant}}/usage/history" {
+  capabilities = ["read"]
+}
+path "apikeys/tenants/{{identity.entity.metadata.tenant}}/keys/+/usage/history" {
   capabilities = ["read"]
 }
 # Verify by POST body or by GET with the X-Api-Key header.
@@ -104,6 +112,12 @@ path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/k
   capabilities = ["read", "delete"]
 }
 path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/usage" {
+  capabilities = ["read"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/usage/history" {
+  capabilities = ["read"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/keys/+/usage/history" {
   capabilities = ["read"]
 }
 path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/verify" {

@@ -38,6 +38,11 @@ path "apikeys/tenants/{{identity.entity.metadata.tenant}}/keys/" {
 path "apikeys/tenants/{{identity.entity.metadata.tenant}}/keys/+" {
   capabilities = ["read", "delete"]
 }
+# A key's usage over time, as its metadata read shows its totals; not the
+# tenant's usage, which is the tenant admin's.
+path "apikeys/tenants/{{identity.entity.metadata.tenant}}/keys/+/usage/history" {
+  capabilities = ["read"]
+}
 
 # ---- tenant from the JWT alias (claim_mappings tenant=tenant) ----
 
@@ -55,4 +60,7 @@ path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/k
 }
 path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/keys/+" {
   capabilities = ["read", "delete"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/keys/+/usage/history" {
+  capabilities = ["read"]
 }
