@@ -45,6 +45,9 @@ type keyEntry struct {
 	// EdgeHash is the key's HMAC under the edge verifier secret
 	// (edge_feed.go); empty for keys issued before edge sync existed.
 	EdgeHash string `json:"edge_hash,omitempty"`
+	// Hint is what people may see of the key (keyformat.Hint); empty for
+	// keys issued before hints existed.
+	Hint string `json:"hint,omitempty"`
 
 	// locator is the key's verify index position (verifyCache.locate),
 	// set where the plaintext is at hand (issue, static rotation) so the
@@ -136,7 +139,7 @@ func readTenantKey(ctx context.Context, s logical.Storage, tenant, id string) (*
 // mintKey makes the key of a new record whose tenant, environment and the
 // rest the caller has set: the plaintext (returned once, never stored), a
 // key id, the HMAC under the mount's pepper (created with the first key),
-// the edge hash and the verify index position. It stores nothing; dynamic
+// the edge hash, the hint and the verify index position. It stores nothing; dynamic
 // issue and static rotation both mint here, so their keys cannot differ.
 func (b *backend) mintKey(ctx context.Context, s logical.Storage, cfg *mountConfig, t *tenantEntry, rec *keyEntry) (string, error) {
 	h, err := b.getHasher(ctx, s, true)
@@ -156,6 +159,7 @@ func (b *backend) mintKey(ctx context.Context, s logical.Storage, cfg *mountConf
 	}
 	sum := h.Sum(apiKey)
 	rec.Hash = hex.EncodeToString(sum[:])
+	rec.Hint = keyformat.Hint(apiKey)
 	if rec.EdgeHash, err = b.edgeHashOf(ctx, s, apiKey); err != nil {
 		return "", err
 	}
@@ -283,6 +287,12 @@ func (b *backend) revokeKeyByHash(ctx context.Context, s logical.Storage, tenant
 	}
 	lock := b.hashLock(hashHex)
 	lock.Lock()
+	// The hint names the key in key-revoked. A record that cannot be read
+	// does not stop the revoke: the event then goes without it.
+	var hint string
+	if rec, rerr := readKeyRecord(ctx, s, hashHex); rerr == nil && rec != nil {
+		hint = rec.Hint
+	}
 	err := s.Delete(ctx, hashPrefix+hashHex)
 	// Forget the cached copy even when the delete failed: a later verify
 	// then reads storage, which is the truth either way.
@@ -300,6 +310,6 @@ func (b *backend) revokeKeyByHash(ctx context.Context, s logical.Storage, tenant
 		return fmt.Errorf("delete index of key %q of tenant %q: %w", id, tenant, err)
 	}
 	b.limiter.forget(id)
-	b.keyRevoked(ctx, s, tenant, id)
+	b.keyRevoked(ctx, s, tenant, id, hint)
 	return nil
 }

@@ -96,6 +96,7 @@ func keyResponse(e *keyEntry, now time.Time) map[string]interface{} {
 	}
 	return map[string]interface{}{
 		"key_id":            e.KeyID,
+		"hint":              e.Hint,
 		"tenant":            e.Tenant,
 		"role":              e.Role,
 		"kind":              e.Kind,
@@ -167,10 +168,10 @@ tenants/<tenant>/keys/<key_id> for one key's metadata.
 const pathKeyHelpSyn = `Read or revoke one key of a tenant.`
 
 const pathKeyHelpDesc = `
-Reading returns the key's metadata: role, kind (dynamic or static), name,
-scopes, environment, allowed CIDRs, rate limit, created_at, expires_at,
+Reading returns the key's metadata: hint, role, kind (dynamic or static),
+name, scopes, environment, allowed CIDRs, rate limit, created_at, expires_at,
 last_used_at and status. The key itself is never returned: only its HMAC is
-stored.
+stored, and the hint shows 8 of its 43 random characters.
 
 Deleting revokes the key at once: it fails the very next verify. Its Vault
 lease, if any, stays until it expires or is revoked, which is then a no-op.

@@ -8,6 +8,8 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/robfig/cron/v3"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
 // Static keys live in one entry each, which also holds the current key in
@@ -211,8 +213,9 @@ func (b *backend) rotateStaticKeyWithGrace(ctx context.Context, s logical.Storag
 	if err := writeStaticKey(ctx, s, &next); err != nil {
 		return undo(err)
 	}
+	previousHint := keyformat.Hint(e.CurrentKey)
 	*e = next
-	b.staticKeyRotated(ctx, s, e, w)
+	b.staticKeyRotated(ctx, s, e, w, previousHint)
 	return b.finishRotation(ctx, s, walID, w)
 }
 
