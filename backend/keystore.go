@@ -48,6 +48,10 @@ type keyEntry struct {
 	// Hint is what people may see of the key (keyformat.Hint); empty for
 	// keys issued before hints existed.
 	Hint string `json:"hint,omitempty"`
+	// Disabled: parked by its owner (keys/<key_id> status=disabled); it
+	// verifies as DISABLED until enabled, its lease and rotation running
+	// on meanwhile.
+	Disabled bool `json:"disabled,omitempty"`
 
 	// locator is the key's verify index position (verifyCache.locate),
 	// set where the plaintext is at hand (issue, static rotation) so the
