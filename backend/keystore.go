@@ -52,6 +52,11 @@ type keyEntry struct {
 	// verifies as DISABLED until enabled, its lease and rotation running
 	// on meanwhile.
 	Disabled bool `json:"disabled,omitempty"`
+	// ExpiryPinned: the owner set ExpiresAt (keys/<key_id> expires_at), so
+	// a lease renewal never moves it later.
+	ExpiryPinned bool `json:"expiry_pinned,omitempty"`
+	// UpdatedAt is the last change through keys/<key_id>; zero if none.
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
 
 	// locator is the key's verify index position (verifyCache.locate),
 	// set where the plaintext is at hand (issue, static rotation) so the
@@ -227,6 +232,18 @@ func (b *backend) putKeyRecord(ctx context.Context, s logical.Storage, e *keyEnt
 // concurrent revoke can never be undone by the write. It returns nil when
 // the key is gone.
 func (b *backend) updateKeyRecord(ctx context.Context, s logical.Storage, hashHex string, change func(*keyEntry)) (*keyEntry, error) {
+	return b.editKeyRecord(ctx, s, hashHex, func(e *keyEntry) error {
+		change(e)
+		return nil
+	})
+}
+
+// editKeyRecord is updateKeyRecord for a change that may refuse: when
+// change returns an error nothing is written and the error is returned, so
+// a check against the record and the write it allows see one version of
+// it (keys/<key_id> checks expires_at against the expiry a renewal may be
+// moving).
+func (b *backend) editKeyRecord(ctx context.Context, s logical.Storage, hashHex string, change func(*keyEntry) error) (*keyEntry, error) {
 	lock := b.hashLock(hashHex)
 	lock.Lock()
 	defer lock.Unlock()
@@ -234,7 +251,9 @@ func (b *backend) updateKeyRecord(ctx context.Context, s logical.Storage, hashHe
 	if err != nil || e == nil {
 		return nil, err
 	}
-	change(e)
+	if err := change(e); err != nil {
+		return nil, err
+	}
 	if err := b.putKeyRecordLocked(ctx, s, e); err != nil {
 		return nil, err
 	}

@@ -126,6 +126,26 @@ func (b *backend) keyIssued(ctx context.Context, s logical.Storage, e *keyEntry)
 	}, notify.StableID(notify.KeyIssued, e.Tenant, e.KeyID), time.Now()))
 }
 
+// keyUpdated is the hook after keys/<key_id> changed a key: changed names
+// the fields (status, name, metadata, expires_at). One id per change, so a
+// receiver deduplicates retries, not later changes.
+func (b *backend) keyUpdated(ctx context.Context, s logical.Storage, e *keyEntry, changed []string) {
+	status := keyStatusActive
+	if e.Disabled {
+		status = keyStatusDisabled
+	}
+	b.emit(ctx, s, newEvent(notify.KeyUpdated, e.Tenant, map[string]interface{}{
+		"key_id":     e.KeyID,
+		"hint":       e.Hint,
+		"role":       e.Role,
+		"kind":       e.Kind,
+		"name":       e.Name,
+		"status":     status,
+		"changed":    changed,
+		"expires_at": timeOrNil(e.ExpiresAt),
+	}, notify.StableID(notify.KeyUpdated, e.Tenant, e.KeyID, e.UpdatedAt.Format(time.RFC3339Nano)), time.Now()))
+}
+
 // keyRevoked is the hook at the end of every successful revocation. A key
 // can be revoked twice (deleted, then its lease ends); the usage tombstone
 // makes the second one silent. hint is the record's, "" when there was

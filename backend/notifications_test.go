@@ -190,6 +190,12 @@ func TestEveryEventTypeReachesTheWebhookSigned(t *testing.T) {
 		t.Fatalf("key-rotated %+v after first key %+v", rot, first)
 	}
 
+	// key-updated: the key is disabled.
+	b.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"status": "disabled"})
+	if up := h.waitEvents(notify.KeyUpdated, 1)[0]; up.Data["key_id"] != id || up.Data["hint"] != hint || up.Data["status"] != "disabled" || fmt.Sprint(up.Data["changed"]) != "[status]" {
+		t.Fatalf("key-updated %+v", up)
+	}
+
 	// key-revoked.
 	b.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+id, nil)
 	if rev := h.waitEvents(notify.KeyRevoked, 1)[0]; rev.Data["key_id"] != id || rev.Data["reason"] != "revoked" || rev.Data["hint"] != hint {

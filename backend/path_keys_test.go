@@ -2,13 +2,24 @@ package backend
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
+
+// attempt sends a request and returns its answer or error as they are, for
+// tests of refusals.
+func (b *backend) attempt(s logical.Storage, op logical.Operation, path string, data map[string]interface{}) (*logical.Response, error) {
+	return b.HandleRequest(context.Background(), &logical.Request{Operation: op, Path: path, Data: data, Storage: s})
+}
 
 // storedValues is every storage entry's raw value, for checks that a
 // plaintext key is in none of them.
@@ -82,5 +93,251 @@ func TestKeyHintIsStoredAndShownNeverTheKey(t *testing.T) {
 	}
 	if got := b.do(t, s, logical.ReadOperation, "tenants/acme/keys/"+id, nil).Data["hint"]; got != "" {
 		t.Fatalf("a key without a stored hint shows %v", got)
+	}
+}
+
+func firstStaticKeyID(t *testing.T, b *backend, s logical.Storage, name string) string {
+	t.Helper()
+	return b.do(t, s, logical.ReadOperation, "tenants/acme/static-keys/"+name, nil).Data["key_id"].(string)
+}
+
+func TestKeyUpdateRefusesBadInputAndWritesNothing(t *testing.T) {
+	b, s := newTestBackend(t)
+	_, id, issued := setupAcme(t, b, s)
+	b.do(t, s, logical.CreateOperation, "tenants/acme/static-keys/app", map[string]interface{}{"role": "web", "rotation_period": "1h"})
+	staticID := firstStaticKeyID(t, b, s, "app")
+	expiry := issued.Data["expires_at"].(string)
+	leaseEnd, err := time.Parse(time.RFC3339, expiry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "tenants/acme/keys/" + id
+	for _, c := range []struct {
+		name, path string
+		data       map[string]interface{}
+		field      string
+	}{
+		{"unknown status", key, map[string]interface{}{"status": "paused"}, "status"},
+		{"long name", key, map[string]interface{}{"name": strings.Repeat("n", 129)}, "name"},
+		{"bad metadata", key, map[string]interface{}{"metadata": []interface{}{"no-equals-sign"}}, "metadata"},
+		{"expiry not a time", key, map[string]interface{}{"expires_at": "tomorrow"}, "expires_at"},
+		{"expiry in the past", key, map[string]interface{}{"expires_at": time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)}, "expires_at"},
+		{"expiry past the lease", key, map[string]interface{}{"expires_at": leaseEnd.Add(time.Minute).Format(time.RFC3339)}, "expires_at"},
+		{"expiry past the lease, with a valid status", key, map[string]interface{}{"status": "disabled", "expires_at": leaseEnd.Add(time.Minute).Format(time.RFC3339)}, "expires_at"},
+		{"nothing to update", key, map[string]interface{}{}, "nothing to update"},
+		{"static key name", "tenants/acme/keys/" + staticID, map[string]interface{}{"status": "disabled", "name": "x"}, "name"},
+		{"static key metadata", "tenants/acme/keys/" + staticID, map[string]interface{}{"metadata": "a=b"}, "metadata"},
+		{"static key expiry", "tenants/acme/keys/" + staticID, map[string]interface{}{"expires_at": time.Now().Add(time.Minute).UTC().Format(time.RFC3339)}, "expires_at"},
+		{"bad key id", "tenants/acme/keys/not-a-uuid", map[string]interface{}{"status": "disabled"}, "key_id"},
+		{"bad tenant", "tenants/ACME/keys/" + id, map[string]interface{}{"status": "disabled"}, "tenant"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s.reset()
+			resp, err := b.attempt(s, logical.UpdateOperation, c.path, c.data)
+			if err != nil || resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), c.field) {
+				t.Fatalf("want a 400 naming %s, got %v %v", c.field, resp, err)
+			}
+			if w := s.writes(); w != 0 {
+				t.Fatalf("a refused update wrote %d times: %v", w, s.putKeys)
+			}
+		})
+	}
+	// Another tenant's key, or none: 404, nothing written.
+	b.do(t, s, logical.CreateOperation, "tenants/globex", map[string]interface{}{})
+	for _, p := range []string{"tenants/globex/keys/" + id, "tenants/acme/keys/00000000-0000-0000-0000-000000000000"} {
+		s.reset()
+		_, err := b.attempt(s, logical.UpdateOperation, p, map[string]interface{}{"status": "disabled"})
+		var coded logical.HTTPCodedError
+		if !errors.As(err, &coded) || coded.Code() != http.StatusNotFound || s.writes() != 0 {
+			t.Fatalf("%s: want 404 and no write, got %v (%d writes)", p, err, s.writes())
+		}
+	}
+	if got := b.do(t, s, logical.ReadOperation, key, nil).Data; got["status"] != keyStatusActive || got["expires_at"] != expiry || got["updated_at"] != nil {
+		t.Fatalf("the key changed after refused updates: %v", got)
+	}
+}
+
+func TestDisabledKeyVerifiesDisabledOnTheNextRequest(t *testing.T) {
+	b, s := newTestBackend(t)
+	key, id, _ := setupAcme(t, b, s)
+	b.do(t, s, logical.CreateOperation, "tenants/acme/roles/office", map[string]interface{}{"allowed_cidrs": "10.0.0.0/8", "ttl": "1h"})
+	office := b.do(t, s, logical.ReadOperation, "tenants/acme/creds/office", nil)
+	now := time.Now()
+	if c := b.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeValid {
+		t.Fatal(c)
+	}
+
+	resp := b.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"status": "disabled", "name": "parked", "metadata": "why=audit"})
+	if resp.Data["status"] != keyStatusDisabled || resp.Data["name"] != "parked" || fmt.Sprint(resp.Data["metadata"]) != "map[why:audit]" || resp.Data["updated_at"] == nil {
+		t.Fatalf("update answer: %v", resp.Data)
+	}
+	// The cached key was replaced under its lock: the next verify answers
+	// DISABLED from memory.
+	s.reset()
+	if c := b.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeDisabled {
+		t.Fatalf("after disable: %s", c)
+	}
+	if s.gets != 0 {
+		t.Fatalf("the verify after a disable read storage %d times: the cache was dropped, not updated", s.gets)
+	}
+	// Before the IP and scope checks, after the tenant's status.
+	oid := office.Data["key_id"].(string)
+	b.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+oid, map[string]interface{}{"status": "disabled"})
+	if c := b.code(t, s, contract.Request{APIKey: office.Data["api_key"].(string), RequiredScopes: []string{"admin"}}, now); c != contract.CodeDisabled {
+		t.Fatalf("disabled key outside its CIDRs: %s", c)
+	}
+	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "suspended"})
+	if c := b.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeTenantSuspended {
+		t.Fatalf("disabled key of a suspended tenant: %s", c)
+	}
+	b.do(t, s, logical.UpdateOperation, "tenants/acme", map[string]interface{}{"status": "active"})
+	// A verify answer never reveals more for a disabled key.
+	if d := b.do(t, s, logical.UpdateOperation, "verify", map[string]interface{}{"api_key": key}).Data; d["valid"] != false || d["code"] != contract.CodeDisabled || len(d) != 2 {
+		t.Fatalf("verify answer of a disabled key: %v", d)
+	}
+	usage := b.do(t, s, logical.ReadOperation, "tenants/acme/usage", nil).Data["verify_by_code"].(map[string]uint64)
+	if usage[contract.CodeDisabled] != 1 {
+		t.Fatalf("verify_by_code: %v", usage)
+	}
+	// Disabled keys of a role share a profile, as active ones do.
+	if p1, p2 := cachedProfile(t, b, key), cachedProfile(t, b, office.Data["api_key"].(string)); p1 == nil || !p1.disabled || !p2.disabled {
+		t.Fatalf("profiles of disabled keys: %+v %+v", p1, p2)
+	}
+
+	b.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"status": "active"})
+	if c := b.code(t, s, contract.Request{APIKey: key}, now); c != contract.CodeValid {
+		t.Fatalf("after enable: %s", c)
+	}
+	if d := b.do(t, s, logical.ReadOperation, "tenants/acme/keys/"+id, nil).Data; d["status"] != keyStatusActive || d["name"] != "parked" {
+		t.Fatalf("enabled key: %v", d)
+	}
+}
+
+// cachedProfile is the profile the verify cache holds for key.
+func cachedProfile(t *testing.T, b *backend, key string) *keyProfile {
+	t.Helper()
+	h, err := b.getHasher(context.Background(), nil, false)
+	if err != nil || h == nil {
+		t.Fatalf("hasher: %v", err)
+	}
+	sl, ok := b.cache.getKey(b.cache.locate(key), h.Sum(key))
+	if !ok {
+		return nil
+	}
+	return sl.profile
+}
+
+func TestExpiresAtShortensAKeyAndRenewalsKeepIt(t *testing.T) {
+	b, s := newTestBackend(t)
+	key, id, issued := setupAcme(t, b, s)
+	at := time.Now().Add(10 * time.Minute).UTC().Truncate(time.Second)
+	d := b.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"expires_at": at.Format(time.RFC3339)}).Data
+	if d["expires_at"] != at.Format(time.RFC3339) {
+		t.Fatalf("expires_at after update: %v", d["expires_at"])
+	}
+	if c := b.code(t, s, contract.Request{APIKey: key}, at.Add(-time.Second)); c != contract.CodeValid {
+		t.Fatalf("before the new expiry: %s", c)
+	}
+	if c := b.code(t, s, contract.Request{APIKey: key}, at); c != contract.CodeExpired {
+		t.Fatalf("at the new expiry: %s", c)
+	}
+	// A renewal asks for the full hour: the lease gets what is left up to
+	// expires_at, and the key's expiry stays.
+	sec := issued.Secret
+	sec.IssueTime = time.Now()
+	sec.Increment = time.Hour
+	resp, err := b.HandleRequest(context.Background(), &logical.Request{Operation: logical.RenewOperation, Storage: s, Secret: sec})
+	if err != nil || resp.IsError() {
+		t.Fatalf("renew: %v %v", resp, err)
+	}
+	if ttl := resp.Secret.TTL; ttl > 10*time.Minute || ttl < 9*time.Minute {
+		t.Fatalf("renewed TTL %s, want what is left to expires_at", ttl)
+	}
+	if got := b.do(t, s, logical.ReadOperation, "tenants/acme/keys/"+id, nil).Data["expires_at"]; got != at.Format(time.RFC3339) {
+		t.Fatalf("a renewal moved expires_at to %v", got)
+	}
+	// Shorter again is fine; later than the pinned expiry is not.
+	b.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"expires_at": at.Add(-time.Minute).Format(time.RFC3339)})
+	resp, err = b.attempt(s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"expires_at": at.Format(time.RFC3339)})
+	if err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "expires_at") {
+		t.Fatalf("extending a shortened key: %v %v", resp, err)
+	}
+}
+
+// A static key parked through one of its keys stays parked across
+// rotations: its current and rotated-out keys and every new one answer
+// DISABLED until it is enabled, through any of its keys.
+func TestDisabledStaticKeyStaysDisabledAcrossRotation(t *testing.T) {
+	b, s := newTestBackend(t)
+	setupAcme(t, b, s)
+	b.do(t, s, logical.CreateOperation, "tenants/acme/static-keys/app", map[string]interface{}{"role": "web", "rotation_period": "1h", "grace_period": "10m"})
+	first := b.do(t, s, logical.ReadOperation, "tenants/acme/static-creds/app", nil).Data
+	b.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+first["key_id"].(string), map[string]interface{}{"status": "disabled"})
+	if c := b.code(t, s, contract.Request{APIKey: first["api_key"].(string)}, time.Now()); c != contract.CodeDisabled {
+		t.Fatalf("disabled static key: %s", c)
+	}
+	b.do(t, s, logical.UpdateOperation, "tenants/acme/static-keys/app/rotate", nil)
+	second := b.do(t, s, logical.ReadOperation, "tenants/acme/static-creds/app", nil).Data
+	if second["disabled"] != true || second["key_id"] == first["key_id"] {
+		t.Fatalf("static-creds after a rotation while parked: %v", redactKey(second))
+	}
+	for name, k := range map[string]string{"rotated-out": first["api_key"].(string), "new": second["api_key"].(string)} {
+		if c := b.code(t, s, contract.Request{APIKey: k}, time.Now()); c != contract.CodeDisabled {
+			t.Fatalf("%s key of a parked static key: %s", name, c)
+		}
+	}
+	if st := b.do(t, s, logical.ReadOperation, "tenants/acme/keys/"+second["key_id"].(string), nil).Data["status"]; st != keyStatusDisabled {
+		t.Fatalf("new key's status %v", st)
+	}
+	// Enabled through the rotated-out key: the whole static key is back.
+	b.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+first["key_id"].(string), map[string]interface{}{"status": "active"})
+	for name, k := range map[string]string{"rotated-out": first["api_key"].(string), "current": second["api_key"].(string)} {
+		if c := b.code(t, s, contract.Request{APIKey: k}, time.Now()); c != contract.CodeValid {
+			t.Fatalf("%s key after enable: %s", name, c)
+		}
+	}
+	if d := b.do(t, s, logical.ReadOperation, "tenants/acme/static-keys/app", nil).Data; d["disabled"] != false {
+		t.Fatalf("static key after enable: %v", d)
+	}
+}
+
+func redactKey(d map[string]interface{}) map[string]interface{} {
+	out := map[string]interface{}{}
+	for k, v := range d {
+		if k == "api_key" {
+			v = "<redacted>"
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// TestInvalidateCarriesKeyUpdates plays a standby, as
+// TestInvalidateUsesTheKeysPluginWrites does: the active node disables and
+// enables a key; the standby follows once it is handed the storage keys the
+// active node wrote, and not before.
+func TestInvalidateCarriesKeyUpdates(t *testing.T) {
+	active, s := newTestBackend(t)
+	standby, _ := newTestBackendOn(t, s)
+	key, id, _ := setupAcme(t, active, s)
+	now := time.Now()
+	for _, step := range []struct{ status, want string }{
+		{keyStatusDisabled, contract.CodeDisabled},
+		{keyStatusActive, contract.CodeValid},
+	} {
+		if c := standby.code(t, s, contract.Request{APIKey: key}, now); c == step.want {
+			t.Fatalf("standby already answers %s: the test proves nothing", c)
+		}
+		s.reset()
+		active.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"status": step.status})
+		if c := standby.code(t, s, contract.Request{APIKey: key}, now); c == step.want {
+			t.Fatalf("standby saw %s before Invalidate", step.status)
+		}
+		for _, k := range s.putKeys {
+			standby.Invalidate(context.Background(), k)
+		}
+		if c := standby.code(t, s, contract.Request{APIKey: key}, now); c != step.want {
+			t.Fatalf("standby after Invalidate of %v: %s, want %s", s.putKeys, c, step.want)
+		}
 	}
 }
