@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	uuid "github.com/hashicorp/go-uuid"
@@ -25,8 +27,8 @@ func (b *backend) pathKeys() []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ListOperation: &framework.PathOperation{
-					Callback:     tenantList(keyIndexPrefix, "keys"),
-					Summary:      "List the ids of a tenant's keys.",
+					Callback:     b.pathKeysList,
+					Summary:      "List a tenant's keys: ids, with each key's hint, name, role, kind, status, created_at and expires_at in key_info.",
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "list", OperationSuffix: "keys"},
 				},
 			},
@@ -199,6 +201,88 @@ func (b *backend) revokeStaticKeyNow(ctx context.Context, s logical.Storage, k *
 		}
 	}
 	return b.revokeKeyByHash(ctx, s, k.Tenant, k.KeyID, k.Hash)
+}
+
+// keyListWorkers read the records behind a key list in parallel: each read
+// is a round trip to Vault, and a list of 10 000 keys is two reads per key.
+const keyListWorkers = 8
+
+// maxKeyInfo bounds the records one list reads, as maxUsageKeys bounds the
+// usage read: the ids beyond it are listed without key_info.
+const maxKeyInfo = maxUsageKeys
+
+func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	tenant := d.Get("tenant").(string)
+	if err := validateName("tenant", tenant); err != nil {
+		return fieldError("tenant", err), nil
+	}
+	ids, err := req.Storage.List(ctx, keyIndexPrefix(tenant))
+	if err != nil {
+		return nil, fmt.Errorf("list keys of tenant %q: %w", tenant, err)
+	}
+	recs, err := readTenantKeys(ctx, req.Storage, tenant, ids[:min(len(ids), maxKeyInfo)])
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	info := make(map[string]interface{}, len(recs))
+	for i, e := range recs {
+		// An index entry whose record is gone (an interrupted issue that
+		// tidy has not removed yet) is listed without info.
+		if e != nil {
+			info[ids[i]] = keyListInfo(e, now)
+		}
+	}
+	resp := logical.ListResponseWithInfo(ids, info)
+	if len(ids) > maxKeyInfo {
+		resp.AddWarning(fmt.Sprintf("key_info covers the first %d of %d keys; read tenants/%s/keys/<key_id> for the others", maxKeyInfo, len(ids), tenant))
+	}
+	return resp, nil
+}
+
+// keyListInfo is a key's entry in key_info: enough to tell keys apart and
+// see their state, not the full read.
+func keyListInfo(e *keyEntry, now time.Time) map[string]interface{} {
+	return map[string]interface{}{
+		"hint":       e.Hint,
+		"name":       e.Name,
+		"role":       e.Role,
+		"kind":       e.Kind,
+		"status":     keyStatus(e, now),
+		"created_at": e.CreatedAt.Format(time.RFC3339),
+		"expires_at": timeOrNil(e.ExpiresAt),
+	}
+}
+
+// readTenantKeys reads the records of ids (nil where there is none),
+// keyListWorkers at a time; the first error stops it.
+func readTenantKeys(ctx context.Context, s logical.Storage, tenant string, ids []string) ([]*keyEntry, error) {
+	recs := make([]*keyEntry, len(ids))
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(keyListWorkers, len(ids)) {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= len(ids) {
+					return
+				}
+				e, err := readTenantKey(ctx, s, tenant, ids[i])
+				if err != nil {
+					cancel(err)
+					return
+				}
+				recs[i] = e
+			}
+		})
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	return recs, nil
 }
 
 // keyUpdate is a validated update of keys/<key_id>: nil fields are left
@@ -400,11 +484,16 @@ func (b *backend) setStaticKeyDisabled(ctx context.Context, s logical.Storage, k
 	return out, changed, nil
 }
 
-const pathKeysListHelpSyn = `List the ids of a tenant's keys.`
+const pathKeysListHelpSyn = `List a tenant's keys, with a summary of each.`
 
 const pathKeysListHelpDesc = `
-Lists the key ids of every key the tenant holds, dynamic and static. Read
-tenants/<tenant>/keys/<key_id> for one key's metadata.
+Lists the key ids of every key the tenant holds, dynamic and static, and in
+key_info, per key: hint (prefix, environment and the first and last 4
+characters of the random part, e.g. acme_live_Xn8I…cQKo; empty for keys
+issued before hints existed), name, role, kind, status (active, disabled,
+in_grace or expired), created_at and expires_at. key_info covers at most
+10000 keys. Read tenants/<tenant>/keys/<key_id> for one key's full metadata
+and usage.
 `
 
 const pathKeyHelpSyn = `Read, update or revoke one key of a tenant.`

@@ -96,6 +96,76 @@ func TestKeyHintIsStoredAndShownNeverTheKey(t *testing.T) {
 	}
 }
 
+func TestKeyListHasKeyInfo(t *testing.T) {
+	b, s := newTestBackend(t)
+	_, id, _ := setupAcme(t, b, s)
+	named := b.do(t, s, logical.UpdateOperation, "tenants/acme/creds/web", map[string]interface{}{"name": "ci"})
+	b.do(t, s, logical.CreateOperation, "tenants/acme/static-keys/app", map[string]interface{}{"role": "web", "rotation_period": "1h"})
+	b.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"status": "disabled"})
+
+	s.reset()
+	resp := b.do(t, s, logical.ListOperation, "tenants/acme/keys/", nil)
+	ids := resp.Data["keys"].([]string)
+	info := resp.Data["key_info"].(map[string]interface{})
+	if len(ids) != 3 || len(info) != 3 {
+		t.Fatalf("list: %d keys, %d key_info", len(ids), len(info))
+	}
+	// One List, and per key its index entry and its record: no more.
+	if s.lists != 1 || s.gets != 2*len(ids) || s.writes() != 0 {
+		t.Fatalf("list cost %d lists, %d gets, %d writes for %d keys", s.lists, s.gets, s.writes(), len(ids))
+	}
+	want := map[string]map[string]interface{}{
+		id:                               {"name": "", "kind": kindDynamic, "status": keyStatusDisabled},
+		named.Data["key_id"].(string):    {"name": "ci", "kind": kindDynamic, "status": keyStatusActive, "hint": named.Data["hint"]},
+		firstStaticKeyID(t, b, s, "app"): {"name": "app", "kind": kindStatic, "status": keyStatusActive, "expires_at": nil},
+	}
+	for kid, fields := range want {
+		ki, ok := info[kid].(map[string]interface{})
+		if !ok {
+			t.Fatalf("no key_info for %s: %v", kid, info)
+		}
+		for _, f := range []string{"hint", "name", "role", "kind", "status", "created_at", "expires_at"} {
+			if _, ok := ki[f]; !ok {
+				t.Errorf("key_info of %s lacks %s", kid, f)
+			}
+		}
+		if ki["role"] != "web" || !strings.Contains(ki["hint"].(string), "…") {
+			t.Errorf("key_info of %s: %v", kid, ki)
+		}
+		for f, v := range fields {
+			if ki[f] != v {
+				t.Errorf("key_info of %s: %s = %v, want %v", kid, f, ki[f], v)
+			}
+		}
+	}
+	for _, ki := range info {
+		for f := range ki.(map[string]interface{}) {
+			if f == "api_key" || f == "hash" || f == "edge_hash" {
+				t.Fatalf("key_info shows %s", f)
+			}
+		}
+	}
+
+	// A record that cannot be read fails the list rather than answering
+	// half of it; an index entry without a record is listed without info.
+	hs := &hookStorage{Storage: s, beforeGet: func(_ context.Context, k string) error {
+		if strings.HasPrefix(k, hashPrefix) {
+			return errInjected
+		}
+		return nil
+	}}
+	if _, err := b.attempt(hs, logical.ListOperation, "tenants/acme/keys/", nil); !errors.Is(err, errInjected) {
+		t.Fatalf("list over failing reads: %v", err)
+	}
+	if err := s.Delete(context.Background(), hashPrefix+named.Secret.InternalData["hash"].(string)); err != nil {
+		t.Fatal(err)
+	}
+	resp = b.do(t, s, logical.ListOperation, "tenants/acme/keys/", nil)
+	if n, ni := len(resp.Data["keys"].([]string)), len(resp.Data["key_info"].(map[string]interface{})); n != 3 || ni != 2 {
+		t.Fatalf("with an orphaned index entry: %d keys, %d key_info", n, ni)
+	}
+}
+
 func firstStaticKeyID(t *testing.T, b *backend, s logical.Storage, name string) string {
 	t.Helper()
 	return b.do(t, s, logical.ReadOperation, "tenants/acme/static-keys/"+name, nil).Data["key_id"].(string)
