@@ -323,6 +323,11 @@ func TestExpiresAtShortensAKeyAndRenewalsKeepIt(t *testing.T) {
 	if ttl := resp.Secret.TTL; ttl > 10*time.Minute || ttl < 9*time.Minute {
 		t.Fatalf("renewed TTL %s, want what is left to expires_at", ttl)
 	}
+	// Vault recomputes the TTL from the increment, capped by the lease's
+	// issue time plus MaxTTL: that must be expires_at.
+	if end := sec.IssueTime.Truncate(time.Second).Add(resp.Secret.MaxTTL); end.After(at) || end.Before(at.Add(-time.Second)) {
+		t.Fatalf("lease may run to %s, past expires_at %s", end, at)
+	}
 	if got := b.do(t, s, logical.ReadOperation, "tenants/acme/keys/"+id, nil).Data["expires_at"]; got != at.Format(time.RFC3339) {
 		t.Fatalf("a renewal moved expires_at to %v", got)
 	}
