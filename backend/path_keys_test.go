@@ -354,7 +354,7 @@ func TestDisabledStaticKeyStaysDisabledAcrossRotation(t *testing.T) {
 	b.do(t, s, logical.UpdateOperation, "tenants/acme/static-keys/app/rotate", nil)
 	second := b.do(t, s, logical.ReadOperation, "tenants/acme/static-creds/app", nil).Data
 	if second["disabled"] != true || second["key_id"] == first["key_id"] {
-		t.Fatalf("static-creds after a rotation while parked: %v", redactKey(second))
+		t.Fatalf("static-creds after a rotation while parked: disabled %v, key_id %v (first %v)", second["disabled"], second["key_id"], first["key_id"])
 	}
 	for name, k := range map[string]string{"rotated-out": first["api_key"].(string), "new": second["api_key"].(string)} {
 		if c := b.code(t, s, contract.Request{APIKey: k}, time.Now()); c != contract.CodeDisabled {
@@ -373,46 +373,5 @@ func TestDisabledStaticKeyStaysDisabledAcrossRotation(t *testing.T) {
 	}
 	if d := b.do(t, s, logical.ReadOperation, "tenants/acme/static-keys/app", nil).Data; d["disabled"] != false {
 		t.Fatalf("static key after enable: %v", d)
-	}
-}
-
-func redactKey(d map[string]interface{}) map[string]interface{} {
-	out := map[string]interface{}{}
-	for k, v := range d {
-		if k == "api_key" {
-			v = "<redacted>"
-		}
-		out[k] = v
-	}
-	return out
-}
-
-// TestInvalidateCarriesKeyUpdates plays a standby, as
-// TestInvalidateUsesTheKeysPluginWrites does: the active node disables and
-// enables a key; the standby follows once it is handed the storage keys the
-// active node wrote, and not before.
-func TestInvalidateCarriesKeyUpdates(t *testing.T) {
-	active, s := newTestBackend(t)
-	standby, _ := newTestBackendOn(t, s)
-	key, id, _ := setupAcme(t, active, s)
-	now := time.Now()
-	for _, step := range []struct{ status, want string }{
-		{keyStatusDisabled, contract.CodeDisabled},
-		{keyStatusActive, contract.CodeValid},
-	} {
-		if c := standby.code(t, s, contract.Request{APIKey: key}, now); c == step.want {
-			t.Fatalf("standby already answers %s: the test proves nothing", c)
-		}
-		s.reset()
-		active.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"status": step.status})
-		if c := standby.code(t, s, contract.Request{APIKey: key}, now); c == step.want {
-			t.Fatalf("standby saw %s before Invalidate", step.status)
-		}
-		for _, k := range s.putKeys {
-			standby.Invalidate(context.Background(), k)
-		}
-		if c := standby.code(t, s, contract.Request{APIKey: key}, now); c != step.want {
-			t.Fatalf("standby after Invalidate of %v: %s, want %s", s.putKeys, c, step.want)
-		}
 	}
 }
