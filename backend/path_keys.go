@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,15 @@ func (b *backend) pathKeys() []*framework.Path {
 			},
 			Fields: map[string]*framework.FieldSchema{
 				"tenant": {Type: framework.TypeString, Description: "Name of the tenant.", Required: true},
+				"after": {
+					Type:        framework.TypeString,
+					Description: "key_info covers the keys after this key id (keys are sorted); empty: from the first.",
+				},
+				"limit": {
+					Type:        framework.TypeInt,
+					Default:     defaultKeyInfoLimit,
+					Description: fmt.Sprintf("Most keys key_info covers, 1-%d; keys always lists every id.", maxKeyInfo),
+				},
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ListOperation: &framework.PathOperation{
@@ -207,20 +217,36 @@ func (b *backend) revokeStaticKeyNow(ctx context.Context, s logical.Storage, k *
 // is a round trip to Vault, and a list of 10 000 keys is two reads per key.
 const keyListWorkers = 8
 
-// maxKeyInfo bounds the records one list reads, as maxUsageKeys bounds the
-// usage read: the ids beyond it are listed without key_info.
-const maxKeyInfo = maxUsageKeys
+// key_info is a page of the list: each key in it costs two storage reads
+// (through Vault, ~0.1 ms each on the 2-core test machine, 8 at a time), so
+// 10 000 keys' info took ~2 s while the ids alone take a few ms. The page
+// keeps a list of any size fast; after= walks the rest.
+const (
+	defaultKeyInfoLimit = 1000
+	maxKeyInfo          = maxUsageKeys
+)
 
 func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	tenant := d.Get("tenant").(string)
 	if err := validateName("tenant", tenant); err != nil {
 		return fieldError("tenant", err), nil
 	}
+	limit := d.Get("limit").(int)
+	if limit < 1 || limit > maxKeyInfo {
+		return logical.ErrorResponse("limit must be between 1 and %d", maxKeyInfo), nil
+	}
+	after := d.Get("after").(string)
 	ids, err := req.Storage.List(ctx, keyIndexPrefix(tenant))
 	if err != nil {
 		return nil, fmt.Errorf("list keys of tenant %q: %w", tenant, err)
 	}
-	recs, err := readTenantKeys(ctx, req.Storage, tenant, ids[:min(len(ids), maxKeyInfo)])
+	sort.Strings(ids)
+	from := sort.SearchStrings(ids, after)
+	if from < len(ids) && ids[from] == after {
+		from++
+	}
+	page := ids[from:min(len(ids), from+limit)]
+	recs, err := readTenantKeys(ctx, req.Storage, tenant, page)
 	if err != nil {
 		return nil, err
 	}
@@ -230,12 +256,12 @@ func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, d *fra
 		// An index entry whose record is gone (an interrupted issue that
 		// tidy has not removed yet) is listed without info.
 		if e != nil {
-			info[ids[i]] = keyListInfo(e, now)
+			info[page[i]] = keyListInfo(e, now)
 		}
 	}
 	resp := logical.ListResponseWithInfo(ids, info)
-	if len(ids) > maxKeyInfo {
-		resp.AddWarning(fmt.Sprintf("key_info covers the first %d of %d keys; read tenants/%s/keys/<key_id> for the others", maxKeyInfo, len(ids), tenant))
+	if rest := len(ids) - from - len(page); rest > 0 {
+		resp.AddWarning(fmt.Sprintf("key_info covers %d of %d keys; %d more follow: list again with after=%s", len(page), len(ids), rest, page[len(page)-1]))
 	}
 	return resp, nil
 }
@@ -491,9 +517,13 @@ Lists the key ids of every key the tenant holds, dynamic and static, and in
 key_info, per key: hint (prefix, environment and the first and last 4
 characters of the random part, e.g. acme_live_Xn8I…cQKo; empty for keys
 issued before hints existed), name, role, kind, status (active, disabled,
-in_grace or expired), created_at and expires_at. key_info covers at most
-10000 keys. Read tenants/<tenant>/keys/<key_id> for one key's full metadata
-and usage.
+in_grace or expired), created_at and expires_at.
+
+key_info covers a page of the keys, in id order: the first limit (default
+1000, at most 10000) after the key id given as after. Listing the ids is
+cheap at any size; each key in key_info costs two storage reads, so a larger
+tenant is walked page by page (a warning names the next after). Read
+tenants/<tenant>/keys/<key_id> for one key's full metadata and usage.
 `
 
 const pathKeyHelpSyn = `Read, update or revoke one key of a tenant.`

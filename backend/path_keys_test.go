@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -143,6 +144,33 @@ func TestKeyListHasKeyInfo(t *testing.T) {
 			if f == "api_key" || f == "hash" || f == "edge_hash" {
 				t.Fatalf("key_info shows %s", f)
 			}
+		}
+	}
+
+	// key_info is a page: limit keys after the key id given, in id order;
+	// keys is every id, and a warning names where the next page starts.
+	sorted := slices.Sorted(slices.Values(ids))
+	seen := map[string]bool{}
+	after := ""
+	for page := 0; page < len(ids); page++ {
+		s.reset()
+		resp := b.do(t, s, logical.ListOperation, "tenants/acme/keys/", map[string]interface{}{"limit": 1, "after": after})
+		pi := resp.Data["key_info"].(map[string]interface{})
+		if len(resp.Data["keys"].([]string)) != len(ids) || len(pi) != 1 || pi[sorted[page]] == nil || s.gets != 2 {
+			t.Fatalf("page %d after %q: %d keys, key_info %v, %d gets", page, after, len(resp.Data["keys"].([]string)), pi, s.gets)
+		}
+		if last := page == len(ids)-1; last != (len(resp.Warnings) == 0) || (!last && !strings.Contains(resp.Warnings[0], "after="+sorted[page])) {
+			t.Fatalf("page %d: warnings %v", page, resp.Warnings)
+		}
+		seen[sorted[page]] = true
+		after = sorted[page]
+	}
+	if len(seen) != len(ids) {
+		t.Fatalf("the pages covered %d of %d keys", len(seen), len(ids))
+	}
+	for _, limit := range []int{0, maxKeyInfo + 1} {
+		if resp, err := b.attempt(s, logical.ListOperation, "tenants/acme/keys/", map[string]interface{}{"limit": limit}); err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "limit") {
+			t.Fatalf("limit %d: %v %v", limit, resp, err)
 		}
 	}
 
