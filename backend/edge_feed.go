@@ -36,7 +36,7 @@ func wireKeyOf(e *keyEntry) *contract.WireKey {
 		EdgeHash: e.EdgeHash, KeyID: e.KeyID, Tenant: e.Tenant, Role: e.Role, Kind: e.Kind,
 		Environment: e.Environment, Scopes: nonNilSlice(e.Scopes), AllowedCIDRs: nonNilSlice(e.AllowedCIDRs),
 		RateLimit: e.RateLimit, RateLimitPeriod: int64(e.RateLimitPeriod / time.Second),
-		Metadata: nonNilMap(e.Metadata), InGrace: e.InGrace,
+		Metadata: nonNilMap(e.Metadata), InGrace: e.InGrace, Disabled: e.Disabled,
 	}
 	if !e.ExpiresAt.IsZero() {
 		k.ExpiresAt = e.ExpiresAt.UTC().Format(time.RFC3339Nano)

@@ -93,6 +93,51 @@ func TestWritePathsSurviveAFailureAtEveryWrite(t *testing.T) {
 				}
 			},
 		},
+		{
+			// A disable that fails part way is completed by sending it
+			// again: the record and the edge feed both end up disabled.
+			name: "key disable",
+			setup: func(t *testing.T, b *backend, s *countingStorage) map[string]string {
+				key, id, _ := setupAcme(t, b, s)
+				return map[string]string{"key": key, "id": id}
+			},
+			op: func(b *backend, s *countingStorage, st map[string]string) error {
+				_, err := request(b, s, logical.UpdateOperation, "tenants/acme/keys/"+st["id"], map[string]interface{}{"status": "disabled"})
+				return err
+			},
+			done: func(t *testing.T, b *backend, s *countingStorage, st map[string]string) {
+				if c := b.code(t, s, contract.Request{APIKey: st["key"]}, time.Now()); c != contract.CodeDisabled {
+					t.Fatalf("disabled key: %s", c)
+				}
+				assertFeedSaysDisabled(t, s, st["id"])
+			},
+		},
+		{
+			name: "static key disable",
+			setup: func(t *testing.T, b *backend, s *countingStorage) map[string]string {
+				setupAcme(t, b, s)
+				b.do(t, s, logical.CreateOperation, "tenants/acme/static-keys/app", map[string]interface{}{"role": "web", "rotation_period": "1h", "grace_period": "10m"})
+				prev := b.do(t, s, logical.ReadOperation, "tenants/acme/static-creds/app", nil).Data
+				b.do(t, s, logical.UpdateOperation, "tenants/acme/static-keys/app/rotate", nil)
+				cur := b.do(t, s, logical.ReadOperation, "tenants/acme/static-creds/app", nil).Data
+				return map[string]string{"prev": prev["api_key"].(string), "prev_id": prev["key_id"].(string), "cur": cur["api_key"].(string), "cur_id": cur["key_id"].(string)}
+			},
+			op: func(b *backend, s *countingStorage, st map[string]string) error {
+				_, err := request(b, s, logical.UpdateOperation, "tenants/acme/keys/"+st["cur_id"], map[string]interface{}{"status": "disabled"})
+				return err
+			},
+			done: func(t *testing.T, b *backend, s *countingStorage, st map[string]string) {
+				for _, k := range []string{"prev", "cur"} {
+					if c := b.code(t, s, contract.Request{APIKey: st[k]}, time.Now()); c != contract.CodeDisabled {
+						t.Fatalf("%s key of the disabled static key: %s", k, c)
+					}
+					assertFeedSaysDisabled(t, s, st[k+"_id"])
+				}
+				if e, _ := readStaticKey(context.Background(), s, "acme", "app"); e == nil || !e.Disabled {
+					t.Fatalf("static key entry not parked: %+v", e)
+				}
+			},
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -222,5 +267,26 @@ func TestUsageFlushSurvivesAFailureAtEveryWrite(t *testing.T) {
 		if err != nil || ku == nil || ku.VerifyCount != 2 {
 			t.Fatalf("write %d: key usage after retry: %+v %v", n, ku, err)
 		}
+	}
+}
+
+// assertFeedSaysDisabled checks that the newest upsert of key id on the edge
+// feed carries the disabled flag: edges would keep answering VALID
+// otherwise.
+func assertFeedSaysDisabled(t *testing.T, s logical.Storage, id string) {
+	t.Helper()
+	var f edgeFeed
+	changes, _, ok, err := f.changesSince(context.Background(), s, 0, 1<<20)
+	if err != nil || !ok {
+		t.Fatalf("read the edge feed: %v %v", ok, err)
+	}
+	var last *contract.Change
+	for _, c := range changes {
+		if c.Op == contract.OpUpsert && c.KeyID == id {
+			last = c
+		}
+	}
+	if last == nil || !last.Key.Disabled {
+		t.Fatalf("the edge feed's last upsert of %s is %+v, not disabled", id, last)
 	}
 }

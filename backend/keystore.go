@@ -45,6 +45,18 @@ type keyEntry struct {
 	// EdgeHash is the key's HMAC under the edge verifier secret
 	// (edge_feed.go); empty for keys issued before edge sync existed.
 	EdgeHash string `json:"edge_hash,omitempty"`
+	// Hint is what people may see of the key (keyformat.Hint); empty for
+	// keys issued before hints existed.
+	Hint string `json:"hint,omitempty"`
+	// Disabled: parked by its owner (keys/<key_id> status=disabled); it
+	// verifies as DISABLED until enabled, its lease and rotation running
+	// on meanwhile.
+	Disabled bool `json:"disabled,omitempty"`
+	// ExpiryPinned: the owner set ExpiresAt (keys/<key_id> expires_at), so
+	// a lease renewal never moves it later.
+	ExpiryPinned bool `json:"expiry_pinned,omitempty"`
+	// UpdatedAt is the last change through keys/<key_id>; zero if none.
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
 
 	// locator is the key's verify index position (verifyCache.locate),
 	// set where the plaintext is at hand (issue, static rotation) so the
@@ -136,7 +148,7 @@ func readTenantKey(ctx context.Context, s logical.Storage, tenant, id string) (*
 // mintKey makes the key of a new record whose tenant, environment and the
 // rest the caller has set: the plaintext (returned once, never stored), a
 // key id, the HMAC under the mount's pepper (created with the first key),
-// the edge hash and the verify index position. It stores nothing; dynamic
+// the edge hash, the hint and the verify index position. It stores nothing; dynamic
 // issue and static rotation both mint here, so their keys cannot differ.
 func (b *backend) mintKey(ctx context.Context, s logical.Storage, cfg *mountConfig, t *tenantEntry, rec *keyEntry) (string, error) {
 	h, err := b.getHasher(ctx, s, true)
@@ -156,6 +168,7 @@ func (b *backend) mintKey(ctx context.Context, s logical.Storage, cfg *mountConf
 	}
 	sum := h.Sum(apiKey)
 	rec.Hash = hex.EncodeToString(sum[:])
+	rec.Hint = keyformat.Hint(apiKey)
 	if rec.EdgeHash, err = b.edgeHashOf(ctx, s, apiKey); err != nil {
 		return "", err
 	}
@@ -219,6 +232,18 @@ func (b *backend) putKeyRecord(ctx context.Context, s logical.Storage, e *keyEnt
 // concurrent revoke can never be undone by the write. It returns nil when
 // the key is gone.
 func (b *backend) updateKeyRecord(ctx context.Context, s logical.Storage, hashHex string, change func(*keyEntry)) (*keyEntry, error) {
+	return b.editKeyRecord(ctx, s, hashHex, func(e *keyEntry) error {
+		change(e)
+		return nil
+	})
+}
+
+// editKeyRecord is updateKeyRecord for a change that may refuse: when
+// change returns an error nothing is written and the error is returned, so
+// a check against the record and the write it allows see one version of
+// it (keys/<key_id> checks expires_at against the expiry a renewal may be
+// moving).
+func (b *backend) editKeyRecord(ctx context.Context, s logical.Storage, hashHex string, change func(*keyEntry) error) (*keyEntry, error) {
 	lock := b.hashLock(hashHex)
 	lock.Lock()
 	defer lock.Unlock()
@@ -226,7 +251,9 @@ func (b *backend) updateKeyRecord(ctx context.Context, s logical.Storage, hashHe
 	if err != nil || e == nil {
 		return nil, err
 	}
-	change(e)
+	if err := change(e); err != nil {
+		return nil, err
+	}
 	if err := b.putKeyRecordLocked(ctx, s, e); err != nil {
 		return nil, err
 	}
@@ -283,6 +310,12 @@ func (b *backend) revokeKeyByHash(ctx context.Context, s logical.Storage, tenant
 	}
 	lock := b.hashLock(hashHex)
 	lock.Lock()
+	// The hint names the key in key-revoked. A record that cannot be read
+	// does not stop the revoke: the event then goes without it.
+	var hint string
+	if rec, rerr := readKeyRecord(ctx, s, hashHex); rerr == nil && rec != nil {
+		hint = rec.Hint
+	}
 	err := s.Delete(ctx, hashPrefix+hashHex)
 	// Forget the cached copy even when the delete failed: a later verify
 	// then reads storage, which is the truth either way.
@@ -300,6 +333,6 @@ func (b *backend) revokeKeyByHash(ctx context.Context, s logical.Storage, tenant
 		return fmt.Errorf("delete index of key %q of tenant %q: %w", id, tenant, err)
 	}
 	b.limiter.forget(id)
-	b.keyRevoked(ctx, s, tenant, id)
+	b.keyRevoked(ctx, s, tenant, id, hint)
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
 )
 
@@ -115,6 +116,7 @@ func (b *backend) keyIssued(ctx context.Context, s logical.Storage, e *keyEntry)
 	t.dirty.Store(true)
 	b.emit(ctx, s, newEvent(notify.KeyIssued, e.Tenant, map[string]interface{}{
 		"key_id":      e.KeyID,
+		"hint":        e.Hint,
 		"role":        e.Role,
 		"kind":        e.Kind,
 		"name":        e.Name,
@@ -124,10 +126,31 @@ func (b *backend) keyIssued(ctx context.Context, s logical.Storage, e *keyEntry)
 	}, notify.StableID(notify.KeyIssued, e.Tenant, e.KeyID), time.Now()))
 }
 
+// keyUpdated is the hook after keys/<key_id> changed a key: changed names
+// the fields (status, name, metadata, expires_at). One id per change, so a
+// receiver deduplicates retries, not later changes.
+func (b *backend) keyUpdated(ctx context.Context, s logical.Storage, e *keyEntry, changed []string) {
+	status := keyStatusActive
+	if e.Disabled {
+		status = keyStatusDisabled
+	}
+	b.emit(ctx, s, newEvent(notify.KeyUpdated, e.Tenant, map[string]interface{}{
+		"key_id":     e.KeyID,
+		"hint":       e.Hint,
+		"role":       e.Role,
+		"kind":       e.Kind,
+		"name":       e.Name,
+		"status":     status,
+		"changed":    changed,
+		"expires_at": timeOrNil(e.ExpiresAt),
+	}, notify.StableID(notify.KeyUpdated, e.Tenant, e.KeyID, e.UpdatedAt.Format(time.RFC3339Nano)), time.Now()))
+}
+
 // keyRevoked is the hook at the end of every successful revocation. A key
 // can be revoked twice (deleted, then its lease ends); the usage tombstone
-// makes the second one silent.
-func (b *backend) keyRevoked(ctx context.Context, s logical.Storage, tenant, id string) {
+// makes the second one silent. hint is the record's, "" when there was
+// none.
+func (b *backend) keyRevoked(ctx context.Context, s logical.Storage, tenant, id, hint string) {
 	now := time.Now()
 	cause, _ := ctx.Value(revokeCauseKey{}).(revokeCause)
 	if cause.Reason == "" {
@@ -145,7 +168,7 @@ func (b *backend) keyRevoked(ctx context.Context, s logical.Storage, tenant, id 
 	t := b.usage.tenant(tenant)
 	t.revoked.Add(1)
 	t.dirty.Store(true)
-	data := map[string]interface{}{"key_id": id, "reason": cause.Reason}
+	data := map[string]interface{}{"key_id": id, "hint": hint, "reason": cause.Reason}
 	for k, v := range cause.Data {
 		data[k] = v
 	}
@@ -153,10 +176,12 @@ func (b *backend) keyRevoked(ctx context.Context, s logical.Storage, tenant, id 
 }
 
 // staticKeyRotated is the hook after a static key's rotation committed. The
-// first "rotation" of a static key issues its first key.
-func (b *backend) staticKeyRotated(ctx context.Context, s logical.Storage, e *staticKeyEntry, w *rotateWAL) {
+// first "rotation" of a static key issues its first key. previousHint is
+// the hint of the key rotated out.
+func (b *backend) staticKeyRotated(ctx context.Context, s logical.Storage, e *staticKeyEntry, w *rotateWAL, previousHint string) {
+	hint := keyformat.Hint(e.CurrentKey)
 	if w.OldID == "" {
-		b.keyIssued(ctx, s, &keyEntry{KeyID: e.CurrentID, Tenant: e.Tenant, Role: e.Role, Kind: kindStatic, Name: e.Name, Environment: e.Environment})
+		b.keyIssued(ctx, s, &keyEntry{KeyID: e.CurrentID, Tenant: e.Tenant, Role: e.Role, Kind: kindStatic, Name: e.Name, Environment: e.Environment, Hint: hint})
 		return
 	}
 	t := b.usage.tenant(e.Tenant)
@@ -166,7 +191,9 @@ func (b *backend) staticKeyRotated(ctx context.Context, s logical.Storage, e *st
 		"static_key":      e.Name,
 		"role":            e.Role,
 		"key_id":          e.CurrentID,
+		"hint":            hint,
 		"previous_key_id": w.OldID,
+		"previous_hint":   previousHint,
 		"grace_ends_at":   nil,
 		"next_rotation":   timeOrNil(e.NextRotation),
 	}

@@ -168,10 +168,15 @@ func TestEveryEventTypeReachesTheWebhookSigned(t *testing.T) {
 	if issued.Tenant != "acme" || issued.Data["key_id"] != id || issued.Data["kind"] != kindDynamic || issued.Data["role"] != "web" {
 		t.Fatalf("key-issued %+v", issued)
 	}
+	// Every key event names the key by its hint too.
+	hint, _ := issued.Data["hint"].(string)
+	if !strings.HasPrefix(hint, "ak_live_") || !strings.Contains(hint, "…") {
+		t.Fatalf("key-issued hint %q", hint)
+	}
 	if err := b.scanStep(ctx, s, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if exp := h.waitEvents(notify.KeyExpiring, 1)[0]; exp.Data["key_id"] != id || exp.Data["in_grace"] != false {
+	if exp := h.waitEvents(notify.KeyExpiring, 1)[0]; exp.Data["key_id"] != id || exp.Data["in_grace"] != false || exp.Data["hint"] != hint {
 		t.Fatalf("key-expiring %+v", exp)
 	}
 
@@ -180,13 +185,20 @@ func TestEveryEventTypeReachesTheWebhookSigned(t *testing.T) {
 	first := h.waitEvents(notify.KeyIssued, 2)[1]
 	b.do(t, s, logical.UpdateOperation, "tenants/acme/static-keys/app/rotate", nil)
 	rot := h.waitEvents(notify.KeyRotated, 1)[0]
-	if rot.Data["static_key"] != "app" || rot.Data["previous_key_id"] != first.Data["key_id"] || rot.Data["grace_ends_at"] == nil {
+	if rot.Data["static_key"] != "app" || rot.Data["previous_key_id"] != first.Data["key_id"] || rot.Data["grace_ends_at"] == nil ||
+		rot.Data["previous_hint"] != first.Data["hint"] || rot.Data["hint"] == "" || rot.Data["hint"] == first.Data["hint"] {
 		t.Fatalf("key-rotated %+v after first key %+v", rot, first)
+	}
+
+	// key-updated: the key is disabled.
+	b.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"status": "disabled"})
+	if up := h.waitEvents(notify.KeyUpdated, 1)[0]; up.Data["key_id"] != id || up.Data["hint"] != hint || up.Data["status"] != "disabled" || fmt.Sprint(up.Data["changed"]) != "[status]" {
+		t.Fatalf("key-updated %+v", up)
 	}
 
 	// key-revoked.
 	b.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+id, nil)
-	if rev := h.waitEvents(notify.KeyRevoked, 1)[0]; rev.Data["key_id"] != id || rev.Data["reason"] != "revoked" {
+	if rev := h.waitEvents(notify.KeyRevoked, 1)[0]; rev.Data["key_id"] != id || rev.Data["reason"] != "revoked" || rev.Data["hint"] != hint {
 		t.Fatalf("key-revoked %+v", rev)
 	}
 

@@ -165,6 +165,7 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 	data := map[string]interface{}{
 		"api_key":     apiKey,
 		"key_id":      e.KeyID,
+		"hint":        e.Hint,
 		"tenant":      tenant,
 		"role":        roleName,
 		"name":        name,

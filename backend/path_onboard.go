@@ -6,6 +6,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
 func (b *backend) pathOnboard() []*framework.Path {
@@ -107,6 +109,7 @@ func (b *backend) pathOnboardWrite(ctx context.Context, req *logical.Request, d 
 			"name":          name,
 			"api_key":       e.CurrentKey,
 			"key_id":        e.CurrentID,
+			"hint":          keyformat.Hint(e.CurrentKey),
 			"next_rotation": e.NextRotation.Format(time.RFC3339),
 		}
 	}

@@ -163,6 +163,8 @@ func staticKeyInfo(e *staticKeyEntry, now time.Time) map[string]interface{} {
 		"role":        e.Role,
 		"environment": e.Environment,
 		"key_id":      e.CurrentID,
+		"hint":        keyformat.Hint(e.CurrentKey),
+		"disabled":    e.Disabled,
 		"ttl":         ttl,
 		// Vault Agent (consul-template) re-reads a non-leased secret at ttl+1s
 		// only when its data has rotation_period, so it is always present: for

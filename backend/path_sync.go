@@ -209,8 +209,8 @@ a presented key but cannot find storage records, recover a key, or mint one.
 Give these paths to edge verifiers only (bootstrap policy
 apikeys-gateway-global).
 
-Changes are recorded on writes only (issue, renew, rotation, revoke, expiry by
-tidy, tenant status), never on verify. At least the newest ` + "10000" + ` are kept
+Changes are recorded on writes only (issue, renew, rotation, key update,
+revoke, expiry by tidy, tenant status), never on verify. At least the newest ` + "10000" + ` are kept
 (compaction runs about once a minute); an edge further behind gets HTTP 410
 and must load the snapshot again.
 `

@@ -363,7 +363,7 @@ func (b *backend) pathTenantUsageRead(ctx context.Context, req *logical.Request,
 			last = u.LastUsedAt
 		}
 		kd := keyUsageData(u)
-		kd["kind"], kd["role"] = e.Kind, e.Role
+		kd["kind"], kd["role"], kd["hint"] = e.Kind, e.Role, e.Hint
 		kd["stale"] = now.Sub(last) >= staleAfter
 		kd["expires_at"] = timeOrNil(e.ExpiresAt)
 		if kd["stale"].(bool) {

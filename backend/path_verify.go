@@ -184,7 +184,7 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *contract.Re
 		return verifyOutcome{Code: contract.CodeNotFound}, nil
 	}
 	p := k.profile
-	f := contract.Key{Tenant: p.tenant, ExpiresAt: k.expiresAt, Scopes: p.scopes, CIDRs: p.cidrs}
+	f := contract.Key{Tenant: p.tenant, ExpiresAt: k.expiresAt, Disabled: p.disabled, Scopes: p.scopes, CIDRs: p.cidrs}
 	v, err := contract.Decide(ctx, pluginStore{b: b, s: s}, in, &f, k.key, now)
 	if err != nil {
 		return verifyOutcome{}, err
@@ -251,6 +251,8 @@ says valid (true/false) and a code:
                       tenant-scoped path
   EXPIRED             past its expiry, even if its lease was not revoked yet
   TENANT_SUSPENDED    the key's tenant is suspended
+  DISABLED            the key is parked by its owner (keys/<key_id>
+                      status=disabled) until enabled again
   IP_NOT_ALLOWED      client_ip is missing or outside the key's allowed_cidrs
   INSUFFICIENT_SCOPE  the key lacks one of required_scopes
   RATE_LIMITED        over the role's rate_limit on this node

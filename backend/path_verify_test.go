@@ -189,6 +189,24 @@ func TestInvalidateUsesTheKeysPluginWrites(t *testing.T) {
 		t.Fatalf("unrelated invalidations cost %d reads", s.gets)
 	}
 
+	// A key disabled and enabled again through keys/<key_id>.
+	for _, step := range []struct{ status, want string }{
+		{keyStatusDisabled, contract.CodeDisabled},
+		{keyStatusActive, contract.CodeValid},
+	} {
+		s.reset()
+		active.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"status": step.status})
+		if c := standby.code(t, s, contract.Request{APIKey: key}, now); c == step.want {
+			t.Fatalf("standby answered %s before Invalidate: the test no longer proves anything", c)
+		}
+		for _, k := range s.putKeys {
+			standby.Invalidate(context.Background(), k)
+		}
+		if c := standby.code(t, s, contract.Request{APIKey: key}, now); c != step.want {
+			t.Fatalf("after Invalidate of %v: %s, want %s", s.putKeys, c, step.want)
+		}
+	}
+
 	s.reset()
 	active.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+id, nil)
 	if len(s.delKeys) == 0 {

@@ -306,6 +306,7 @@ func (b *backend) warnExpiring(ctx context.Context, s logical.Storage, e *keyEnt
 	}
 	b.emit(ctx, s, newEvent(notify.KeyExpiring, e.Tenant, map[string]interface{}{
 		"key_id":             e.KeyID,
+		"hint":               e.Hint,
 		"kind":               e.Kind,
 		"role":               e.Role,
 		"name":               e.Name,

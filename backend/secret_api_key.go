@@ -79,9 +79,14 @@ func (b *backend) secretAPIKeyRenew(ctx context.Context, req *logical.Request, _
 		return nil, err
 	}
 	// The record's expiry follows the lease, so verify's own expiry check
-	// agrees with Vault about when the key dies.
+	// agrees with Vault about when the key dies. An expiry its owner set
+	// (keys/<key_id> expires_at) is never moved later: the lease is
+	// renewed up to it and no further.
+	now := time.Now().UTC()
 	e, err := b.updateKeyRecord(ctx, req.Storage, lk.hash, func(e *keyEntry) {
-		e.ExpiresAt = time.Now().UTC().Add(ttl)
+		if !e.ExpiryPinned {
+			e.ExpiresAt = now.Add(ttl)
+		}
 	})
 	if err != nil {
 		return nil, err
@@ -89,9 +94,23 @@ func (b *backend) secretAPIKeyRenew(ctx context.Context, req *logical.Request, _
 	if e == nil {
 		return logical.ErrorResponse("key %q was revoked", lk.id), nil
 	}
+	maxTTL := lk.maxTTL
+	if e.ExpiryPinned {
+		left := e.ExpiresAt.Sub(now).Truncate(time.Second)
+		if left <= 0 {
+			return logical.ErrorResponse("key %q expired at %s, the expires_at set on it; it cannot be renewed", lk.id, e.ExpiresAt.Format(time.RFC3339)), nil
+		}
+		ttl = min(ttl, left)
+		// Vault computes the renewed TTL itself from the increment asked,
+		// capped only by the lease's issue time plus MaxTTL: that sum is
+		// made the pinned expiry.
+		if !req.Secret.IssueTime.IsZero() {
+			maxTTL = min(maxTTL, e.ExpiresAt.Sub(req.Secret.IssueTime.Truncate(time.Second)).Truncate(time.Second))
+		}
+	}
 	resp := &logical.Response{Secret: req.Secret}
 	resp.Secret.TTL = ttl
-	resp.Secret.MaxTTL = lk.maxTTL
+	resp.Secret.MaxTTL = maxTTL
 	for _, w := range warnings {
 		resp.AddWarning(w)
 	}

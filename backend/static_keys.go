@@ -8,6 +8,8 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/robfig/cron/v3"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
 // Static keys live in one entry each, which also holds the current key in
@@ -42,6 +44,13 @@ type staticKeyEntry struct {
 
 	LastRotated  time.Time `json:"last_rotated"`
 	NextRotation time.Time `json:"next_rotation"`
+
+	// Disabled parks the static key (keys/<key_id> status=disabled on one
+	// of its keys): its current and rotated-out keys verify as DISABLED,
+	// and so does every key rotation makes until it is enabled. It is kept
+	// here rather than on the key records alone so that rotation, which
+	// goes on while parked, does not hand out a working key.
+	Disabled bool `json:"disabled,omitempty"`
 }
 
 // rotateWAL is written before a rotation touches anything. It holds no
@@ -116,7 +125,7 @@ func (b *backend) newStaticKeyRecord(ctx context.Context, s logical.Storage, t *
 	if err != nil {
 		return nil, "", err
 	}
-	rec := &keyEntry{Tenant: e.Tenant, Role: e.Role, Kind: kindStatic, Name: e.Name, Environment: e.Environment, CreatedAt: now}
+	rec := &keyEntry{Tenant: e.Tenant, Role: e.Role, Kind: kindStatic, Name: e.Name, Environment: e.Environment, CreatedAt: now, Disabled: e.Disabled}
 	r, err := readRole(ctx, s, e.Tenant, e.Role)
 	if err != nil {
 		return nil, "", err
@@ -211,8 +220,9 @@ func (b *backend) rotateStaticKeyWithGrace(ctx context.Context, s logical.Storag
 	if err := writeStaticKey(ctx, s, &next); err != nil {
 		return undo(err)
 	}
+	previousHint := keyformat.Hint(e.CurrentKey)
 	*e = next
-	b.staticKeyRotated(ctx, s, e, w)
+	b.staticKeyRotated(ctx, s, e, w, previousHint)
 	return b.finishRotation(ctx, s, walID, w)
 }
 

@@ -127,6 +127,8 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 	office := issue("acme", "office", nil)
 	limited := issue("acme", "limited", nil)
 	short := issue("acme", "short", nil)
+	parkedResp := write("tenants/acme/creds/office", nil)
+	parked, parkedID := parkedResp.Data["api_key"].(string), parkedResp.Data["key_id"].(string)
 	revokedResp := write("tenants/acme/creds/web", nil)
 	revoked := revokedResp.Data["api_key"].(string)
 	b.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+revokedResp.Data["key_id"].(string), nil)
@@ -138,8 +140,10 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 
 	create("tenants/globex", map[string]interface{}{})
 	create("tenants/globex/roles/web", map[string]interface{}{"ttl": "1h"})
-	globex := issue("globex", "web", nil)
+	globexResp := write("tenants/globex/creds/web", nil)
+	globex := globexResp.Data["api_key"].(string)
 	write("tenants/globex", map[string]interface{}{"status": contract.TenantSuspended})
+	staticID := b.do(t, s, logical.ReadOperation, "tenants/acme/static-creds/app", nil).Data["key_id"].(string)
 
 	srv := serveMount(t, b, s, "apikeys")
 	cfg := api.DefaultConfig()
@@ -164,43 +168,70 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-ran })
 	testvault.WaitFor(t, 10*time.Second, "the edge to load its snapshot", func() bool { return !e.Stale() })
 
+	// setStatus changes a key's status on the plugin, then waits for the
+	// edge to have applied the feed up to that change, so the case after
+	// it asks both sides about the same state.
+	setStatus := func(tenant, id, status string) func() {
+		return func() {
+			write("tenants/"+tenant+"/keys/"+id, map[string]interface{}{"status": status})
+			head, err := b.feed.readHead(context.Background(), s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			testvault.WaitFor(t, 10*time.Second, "the edge to apply the status change", func() bool { return edgeSeq(t, e) >= head.Seq })
+		}
+	}
+
 	unknown := regenerate(t, web)
 	inside, outside, v6 := netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::7")
 	cases := []struct {
 		name string
-		req  contract.Request
-		at   time.Duration // from start
-		want string
+		// before changes the mount first (and waits for the edge).
+		before func()
+		req    contract.Request
+		at     time.Duration // from start
+		want   string
 	}{
-		{"valid", contract.Request{APIKey: web}, 0, contract.CodeValid},
-		{"valid with held scopes", contract.Request{APIKey: web, RequiredScopes: []string{"write", "read"}}, 0, contract.CodeValid},
-		{"missing scope", contract.Request{APIKey: web, RequiredScopes: []string{"admin"}}, 0, contract.CodeInsufficientScope},
-		{"narrowed at issue", contract.Request{APIKey: narrow, RequiredScopes: []string{"write"}}, 0, contract.CodeInsufficientScope},
-		{"malformed", contract.Request{APIKey: web + "x"}, 0, contract.CodeMalformed},
-		{"bad checksum", contract.Request{APIKey: badChecksum(web)}, 0, contract.CodeMalformed},
-		{"unknown", contract.Request{APIKey: unknown}, 0, contract.CodeNotFound},
-		{"revoked", contract.Request{APIKey: revoked}, 0, contract.CodeNotFound},
-		{"tenant-scoped, own key", contract.Request{APIKey: web, Tenant: "acme"}, 0, contract.CodeValid},
-		{"tenant-scoped, other tenant's key", contract.Request{APIKey: web, Tenant: "globex"}, 0, contract.CodeNotFound},
-		{"tenant suspended", contract.Request{APIKey: globex}, 0, contract.CodeTenantSuspended},
-		{"no client ip with cidrs", contract.Request{APIKey: office}, 0, contract.CodeIPNotAllowed},
-		{"ip outside", contract.Request{APIKey: office, ClientIP: outside}, 0, contract.CodeIPNotAllowed},
-		{"ip inside", contract.Request{APIKey: office, ClientIP: inside}, 0, contract.CodeValid},
-		{"ipv6 inside", contract.Request{APIKey: office, ClientIP: v6}, 0, contract.CodeValid},
-		{"ip checked before scopes", contract.Request{APIKey: office, ClientIP: outside, RequiredScopes: []string{"admin"}}, 0, contract.CodeIPNotAllowed},
-		{"static, current", contract.Request{APIKey: current}, 0, contract.CodeValid},
-		{"static, previous in grace", contract.Request{APIKey: previous}, 0, contract.CodeValid},
-		{"within rate limit", contract.Request{APIKey: limited}, 0, contract.CodeValid},
-		{"refused requests spend nothing", contract.Request{APIKey: limited, RequiredScopes: []string{"admin"}}, 0, contract.CodeInsufficientScope},
-		{"still within rate limit", contract.Request{APIKey: limited}, 0, contract.CodeValid},
-		{"over rate limit", contract.Request{APIKey: limited}, 0, contract.CodeRateLimited},
-		{"short key before expiry", contract.Request{APIKey: short}, 59 * time.Second, contract.CodeValid},
-		{"expired", contract.Request{APIKey: short}, 61 * time.Second, contract.CodeExpired},
-		{"another tenant's expired key: the tenant is checked first", contract.Request{APIKey: short, Tenant: "globex"}, 61 * time.Second, contract.CodeNotFound},
-		{"static, previous past grace", contract.Request{APIKey: previous}, 11 * time.Minute, contract.CodeExpired},
-		{"static, current after the grace", contract.Request{APIKey: current}, 11 * time.Minute, contract.CodeValid},
+		{"valid", nil, contract.Request{APIKey: web}, 0, contract.CodeValid},
+		{"valid with held scopes", nil, contract.Request{APIKey: web, RequiredScopes: []string{"write", "read"}}, 0, contract.CodeValid},
+		{"missing scope", nil, contract.Request{APIKey: web, RequiredScopes: []string{"admin"}}, 0, contract.CodeInsufficientScope},
+		{"narrowed at issue", nil, contract.Request{APIKey: narrow, RequiredScopes: []string{"write"}}, 0, contract.CodeInsufficientScope},
+		{"malformed", nil, contract.Request{APIKey: web + "x"}, 0, contract.CodeMalformed},
+		{"bad checksum", nil, contract.Request{APIKey: badChecksum(web)}, 0, contract.CodeMalformed},
+		{"unknown", nil, contract.Request{APIKey: unknown}, 0, contract.CodeNotFound},
+		{"revoked", nil, contract.Request{APIKey: revoked}, 0, contract.CodeNotFound},
+		{"tenant-scoped, own key", nil, contract.Request{APIKey: web, Tenant: "acme"}, 0, contract.CodeValid},
+		{"tenant-scoped, other tenant's key", nil, contract.Request{APIKey: web, Tenant: "globex"}, 0, contract.CodeNotFound},
+		{"tenant suspended", nil, contract.Request{APIKey: globex}, 0, contract.CodeTenantSuspended},
+		{"no client ip with cidrs", nil, contract.Request{APIKey: office}, 0, contract.CodeIPNotAllowed},
+		{"ip outside", nil, contract.Request{APIKey: office, ClientIP: outside}, 0, contract.CodeIPNotAllowed},
+		{"ip inside", nil, contract.Request{APIKey: office, ClientIP: inside}, 0, contract.CodeValid},
+		{"ipv6 inside", nil, contract.Request{APIKey: office, ClientIP: v6}, 0, contract.CodeValid},
+		{"ip checked before scopes", nil, contract.Request{APIKey: office, ClientIP: outside, RequiredScopes: []string{"admin"}}, 0, contract.CodeIPNotAllowed},
+		{"static, current", nil, contract.Request{APIKey: current}, 0, contract.CodeValid},
+		{"static, previous in grace", nil, contract.Request{APIKey: previous}, 0, contract.CodeValid},
+		{"within rate limit", nil, contract.Request{APIKey: limited}, 0, contract.CodeValid},
+		{"refused requests spend nothing", nil, contract.Request{APIKey: limited, RequiredScopes: []string{"admin"}}, 0, contract.CodeInsufficientScope},
+		{"still within rate limit", nil, contract.Request{APIKey: limited}, 0, contract.CodeValid},
+		{"over rate limit", nil, contract.Request{APIKey: limited}, 0, contract.CodeRateLimited},
+		{"short key before expiry", nil, contract.Request{APIKey: short}, 59 * time.Second, contract.CodeValid},
+		{"expired", nil, contract.Request{APIKey: short}, 61 * time.Second, contract.CodeExpired},
+		{"another tenant's expired key: the tenant is checked first", nil, contract.Request{APIKey: short, Tenant: "globex"}, 61 * time.Second, contract.CodeNotFound},
+		{"static, previous past grace", nil, contract.Request{APIKey: previous}, 11 * time.Minute, contract.CodeExpired},
+		{"static, current after the grace", nil, contract.Request{APIKey: current}, 11 * time.Minute, contract.CodeValid},
+		{"disabled", setStatus("acme", parkedID, keyStatusDisabled), contract.Request{APIKey: parked, ClientIP: inside}, 11 * time.Minute, contract.CodeDisabled},
+		{"disabled before the ip check", nil, contract.Request{APIKey: parked, ClientIP: outside, RequiredScopes: []string{"admin"}}, 11 * time.Minute, contract.CodeDisabled},
+		{"disabled, another tenant's key on the tenant path", nil, contract.Request{APIKey: parked, Tenant: "globex"}, 11 * time.Minute, contract.CodeNotFound},
+		{"disabled key of a suspended tenant", setStatus("globex", globexResp.Data["key_id"].(string), keyStatusDisabled), contract.Request{APIKey: globex}, 11 * time.Minute, contract.CodeTenantSuspended},
+		{"re-enabled", setStatus("acme", parkedID, keyStatusActive), contract.Request{APIKey: parked, ClientIP: inside}, 11 * time.Minute, contract.CodeValid},
+		{"static, parked", setStatus("acme", staticID, keyStatusDisabled), contract.Request{APIKey: current}, 11 * time.Minute, contract.CodeDisabled},
+		{"static, parked and past its grace: expiry first", nil, contract.Request{APIKey: previous}, 11 * time.Minute, contract.CodeExpired},
+		{"static, enabled again", setStatus("acme", staticID, keyStatusActive), contract.Request{APIKey: current}, 11 * time.Minute, contract.CodeValid},
 	}
 	for _, c := range cases {
+		if c.before != nil {
+			c.before()
+		}
 		clock.Set(start.Add(c.at))
 		plugin := pluginAnswer(t, b, s, &c.req)
 		fromEdge, err := e.Verify(context.Background(), &c.req)
@@ -243,4 +274,20 @@ func pluginAnswer(t *testing.T, b *backend, s logical.Storage, r *contract.Reque
 		t.Fatal(err)
 	}
 	return a
+}
+
+// edgeSeq is the feed position the edge has applied, from its
+// apikeys_edge_feed_seq gauge.
+func edgeSeq(t *testing.T, e *edge.Edge) uint64 {
+	t.Helper()
+	mfs, err := e.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "apikeys_edge_feed_seq" && len(mf.GetMetric()) == 1 {
+			return uint64(mf.GetMetric()[0].GetGauge().GetValue())
+		}
+	}
+	return 0
 }

@@ -37,10 +37,14 @@ type verifySlot struct {
 // role-level fields of the verify answer. The cache interns profiles, so a
 // million keys of a few roles hold a few profiles, not a million records.
 // Keys issued with metadata of their own each hold a profile of their own.
+// A disabled key's profile differs from its role's by disabled alone: the
+// 64-byte slot has no room for a flag, and the disabled keys of a role
+// share one profile as the others share theirs.
 type keyProfile struct {
 	tenant, role, environment, kind string
 	scopes                          []string
 	cidrs                           []netip.Prefix
+	disabled                        bool
 	rateLimit                       int
 	ratePeriod                      time.Duration
 	metadata                        map[string]string
@@ -69,6 +73,7 @@ func newKeyProfile(e *keyEntry, cidrs []netip.Prefix) *keyProfile {
 	for _, c := range cidrs {
 		put(c.String())
 	}
+	put(strconv.FormatBool(e.Disabled))
 	put(strconv.Itoa(e.RateLimit))
 	put(strconv.FormatInt(int64(e.RateLimitPeriod), 10))
 	put(strconv.Itoa(len(e.Metadata)))
@@ -78,7 +83,7 @@ func newKeyProfile(e *keyEntry, cidrs []netip.Prefix) *keyProfile {
 	}
 	return &keyProfile{
 		tenant: e.Tenant, role: e.Role, environment: e.Environment, kind: e.Kind,
-		scopes: nonNilSlice(e.Scopes), cidrs: cidrs,
+		scopes: nonNilSlice(e.Scopes), cidrs: cidrs, disabled: e.Disabled,
 		rateLimit: e.RateLimit, ratePeriod: e.RateLimitPeriod,
 		metadata: nonNilMap(e.Metadata), id: id.String(),
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -26,9 +27,22 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	var err error
+	// sys/raw lets a test read what the plugin stored, as it was written
+	// (rawEntries): the proof that no plaintext key is in storage.
+	dir, err := os.MkdirTemp("", "apikeys-acceptance-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cannot make a config directory: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	rawConfig := filepath.Join(dir, "raw.hcl")
+	if err := os.WriteFile(rawConfig, []byte("raw_storage_endpoint = true\n"), 0o600); err != nil {
+		fmt.Fprintf(os.Stderr, "cannot write %s: %v\n", rawConfig, err)
+		return 1
+	}
 	srv, err = testvault.Start(ctx, testvault.Options{
-		Log: func(f string, a ...interface{}) { fmt.Fprintf(os.Stderr, "testvault: "+f+"\n", a...) },
+		ExtraArgs: []string{"-config=" + rawConfig},
+		Log:       func(f string, a ...interface{}) { fmt.Fprintf(os.Stderr, "testvault: "+f+"\n", a...) },
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "cannot start Vault: %v\n", err)

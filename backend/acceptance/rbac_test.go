@@ -73,7 +73,7 @@ var tierAllowsOwnTenant = map[string][]string{
 		"tenants/:tenant/static-creds/:name read (the app's)", "tenants/:tenant/static-creds/:name read (another)",
 		"tenants/:tenant/onboard update",
 		"tenants/:tenant/keys/ list",
-		"tenants/:tenant/keys/:key_id read", "tenants/:tenant/keys/:key_id delete",
+		"tenants/:tenant/keys/:key_id read", "tenants/:tenant/keys/:key_id update", "tenants/:tenant/keys/:key_id delete",
 		"tenants/:tenant/verify update", "tenants/:tenant/verify read",
 		"tenants/:tenant/usage read",
 		"tenants/:tenant/usage/history read", "tenants/:tenant/keys/:key_id/usage/history read",
@@ -339,6 +339,14 @@ func probes() []probe {
 				}
 				return nil
 			}},
+		// Disabling a key: tenant admins may, developers may not.
+		{name: "tenants/:tenant/keys/:key_id update", path: "tenants/{tenant}/keys/", op: "update",
+			// A key of its own, so that the standing key keeps verifying.
+			prep: func(fx *fixture, tenant string) string {
+				a := fx.do(http.MethodGet, "tenants/"+tenant+"/creds/web", nil)
+				return "tenants/" + tenant + "/keys/" + a.data["key_id"].(string)
+			},
+			body: body(map[string]interface{}{"status": "disabled"}), check: wantData("status", "disabled")},
 		{name: "tenants/:tenant/keys/:key_id delete", path: "tenants/{tenant}/keys/", op: "delete",
 			// A key of its own, so that an allowed revoke leaves the
 			// standing key alone.

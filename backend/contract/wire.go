@@ -23,6 +23,8 @@ type WireKey struct {
 	Metadata        map[string]string `json:"metadata"`
 	ExpiresAt       string            `json:"expires_at,omitempty"` // RFC 3339, empty: never
 	InGrace         bool              `json:"in_grace"`
+	// Disabled: parked by its owner; the edge answers DISABLED (Decide).
+	Disabled bool `json:"disabled,omitempty"`
 }
 
 // Change operations.

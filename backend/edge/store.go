@@ -23,8 +23,8 @@ import (
 type key struct {
 	w    *contract.WireKey
 	hash [32]byte
-	// facts is what contract.Decide reads: tenant, expiry, sorted scopes,
-	// parsed CIDRs.
+	// facts is what contract.Decide reads: tenant, expiry, disabled,
+	// sorted scopes, parsed CIDRs.
 	facts   contract.Key
 	limiter *rate.Limiter
 
@@ -43,7 +43,7 @@ func (k *key) markUsed(now time.Time) {
 }
 
 func newKey(w *contract.WireKey) (*key, error) {
-	k := &key{w: w, facts: contract.Key{Tenant: w.Tenant}}
+	k := &key{w: w, facts: contract.Key{Tenant: w.Tenant, Disabled: w.Disabled}}
 	b, err := hex.DecodeString(w.EdgeHash)
 	if err != nil || len(b) != len(k.hash) {
 		return nil, fmt.Errorf("key %q: bad edge hash", w.KeyID)

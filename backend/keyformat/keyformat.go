@@ -259,6 +259,23 @@ func Parse(key string) (Parts, bool) {
 	return Parts{Prefix: prefix, Environment: env}, true
 }
 
+// HintEnds is how many characters of the body a hint shows at each end.
+const HintEnds = 4
+
+// Hint is what people may see of a key to recognise it: prefix and
+// environment, then the first and last HintEnds characters of the body
+// around an ellipsis, e.g. "acme_live_Xn8I…cQKo". The checksum is left out:
+// the body is the random part, and 8 of its 43 base62 characters leave
+// about 208 of its 256 bits unknown. A string that is not a well-formed key
+// has no hint ("").
+func Hint(key string) string {
+	if _, ok := Parse(key); !ok {
+		return ""
+	}
+	tail := key[len(key)-BodyLen-ChecksumLen:]
+	return key[:len(key)-len(tail)] + tail[:HintEnds] + "…" + tail[BodyLen-HintEnds:BodyLen]
+}
+
 // Hasher keys the stored hash with a secret pepper so that a leaked storage
 // dump cannot be used to confirm guessed keys offline.
 type Hasher struct {

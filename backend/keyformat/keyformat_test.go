@@ -455,6 +455,31 @@ func TestEqual(t *testing.T) {
 	}
 }
 
+func TestHint(t *testing.T) {
+	body := "Xn8I" + strings.Repeat("0", BodyLen-8) + "cQKo"
+	key := refKey("acme", "live", body)
+	if got, want := Hint(key), "acme_live_Xn8I…cQKo"; got != want {
+		t.Fatalf("Hint = %q, want %q", got, want)
+	}
+	for _, k := range []string{mustGenerate(t, "ak", "live"), mustGenerate(t, "abcdefghijklmnop", "production")} {
+		h := Hint(k)
+		parts, _ := Parse(k)
+		body := k[len(k)-BodyLen-ChecksumLen : len(k)-ChecksumLen]
+		if want := parts.Prefix + "_" + parts.Environment + "_" + body[:HintEnds] + "…" + body[BodyLen-HintEnds:]; h != want {
+			t.Fatalf("Hint(%q) = %q, want %q", k, h, want)
+		}
+		// The body's ends only: no checksum, nothing of the middle.
+		if n := len(parts.Prefix) + len(parts.Environment) + 2 + 2*HintEnds + len("…"); len(h) != n {
+			t.Fatalf("hint %q is %d bytes, want %d", h, len(h), n)
+		}
+	}
+	for _, bad := range []string{"", "garbage", key[:len(key)-1] + "!", key + "0"} {
+		if h := Hint(bad); h != "" {
+			t.Fatalf("Hint(%q) = %q for a string that is not a key", bad, h)
+		}
+	}
+}
+
 func TestZeroAllocations(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector makes sync.Pool drop entries at random")

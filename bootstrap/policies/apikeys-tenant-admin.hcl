@@ -59,9 +59,10 @@ path "apikeys/tenants/{{identity.entity.metadata.tenant}}/onboard" {
 path "apikeys/tenants/{{identity.entity.metadata.tenant}}/keys/" {
   capabilities = ["list"]
 }
-# Key metadata, and delete = revoke at once.
+# Key metadata; update = disable/enable a key, rename it, change its
+# metadata or shorten its expiry; delete = revoke at once.
 path "apikeys/tenants/{{identity.entity.metadata.tenant}}/keys/+" {
-  capabilities = ["read", "delete"]
+  capabilities = ["read", "update", "delete"]
 }
 # Usage totals, and usage over time (hourly, daily) of the tenant and of
 # each key.
@@ -109,7 +110,7 @@ path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/k
   capabilities = ["list"]
 }
 path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/keys/+" {
-  capabilities = ["read", "delete"]
+  capabilities = ["read", "update", "delete"]
 }
 path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/usage" {
   capabilities = ["read"]

@@ -12,7 +12,10 @@
 # the path as a wildcard.
 #
 # Not here: tenant verify (gateways and tenant admins), static keys (long
-# lived, for services: tenant admins), role and tenant changes.
+# lived, for services: tenant admins), changing keys (update on keys/+:
+# disabling, enabling, renaming or shortening a key is for tenant admins;
+# revoking is not, so a developer can kill a key they leaked), role and
+# tenant changes.
 #
 # The tenant comes from entity metadata "tenant" or the JWT alias's "tenant"
 # metadata, as in apikeys-tenant-admin.hcl (read its notes on the "+" value
