@@ -26,6 +26,10 @@ import (
 //	usage/tenants/<tenant>          usage totals of a tenant as last flushed
 //	usage/keys/<tenant>/<key_id>    usage of a key; kept after revocation as
 //	                                a tombstone
+//	quota/tenants/<tenant>          where a tenant's quota stands as last
+//	                                flushed (quota.go)
+//	quota/keys/<tenant>/<key_id>    where a key's own quota stands; deleted
+//	                                with the key
 //	edge/verifier                   the secret edges hash keys with
 //	                                (seal-wrapped)
 //	edge/head, edge/changes/<seq>   the edge sync change feed
@@ -50,6 +54,9 @@ const (
 	usagePrefix        = "usage/"
 	usageTenantPrefix  = usagePrefix + "tenants/"
 	usageKeyPrefix     = usagePrefix + "keys/"
+	quotaPrefix        = "quota/"
+	quotaTenantPrefix  = quotaPrefix + "tenants/"
+	quotaKeyPrefix     = quotaPrefix + "keys/"
 	verifierPath       = "edge/verifier"
 	feedHeadPath       = "edge/head"
 	feedPrefix         = "edge/changes/"
@@ -60,6 +67,8 @@ func staticKeyPrefix(tenant string) string { return staticPrefix + tenant + "/" 
 func keyIndexPrefix(tenant string) string  { return keyStoragePrefix + tenant + "/" }
 
 func usageKeyPath(tenant, id string) string { return usageKeyPrefix + tenant + "/" + id }
+
+func quotaKeyPath(tenant, id string) string { return quotaKeyPrefix + tenant + "/" + id }
 
 func feedEntryKey(seq uint64) string { return fmt.Sprintf("%s%020d", feedPrefix, seq) }
 

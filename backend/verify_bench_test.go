@@ -22,15 +22,27 @@ type benchMount struct {
 	sums [][32]byte
 }
 
-var benchMounts = map[int]*benchMount{}
+var benchMounts = map[benchKind]*benchMount{}
+
+type benchKind struct {
+	n     int
+	quota bool
+}
 
 // benchPopulation builds a mount holding n keys of tenant acme. Records go
 // straight to storage and cache (the issue path's own cost is not what
 // these benchmarks measure), and are reused across sub-benchmarks.
-func benchPopulation(tb testing.TB, n int) *benchMount {
-	if m, ok := benchMounts[n]; ok {
+func benchPopulation(tb testing.TB, n int) *benchMount { return benchPopulationOf(tb, benchKind{n: n}) }
+
+// benchQuota is the quota of the keys of a quota population: one no
+// benchmark run exhausts.
+var benchQuota = &contract.QuotaRule{Limit: contract.MaxQuota, Period: contract.PeriodMonth}
+
+func benchPopulationOf(tb testing.TB, kind benchKind) *benchMount {
+	if m, ok := benchMounts[kind]; ok {
 		return m
 	}
+	n := kind.n
 	b, s := newTestBackend(tb)
 	setupAcme(tb, b, s)
 	ctx := context.Background()
@@ -53,6 +65,9 @@ func benchPopulation(tb testing.TB, n int) *benchMount {
 			CreatedAt: created, ExpiresAt: created.Add(24 * time.Hour),
 			locator: b.cache.locate(key),
 		}
+		if kind.quota {
+			e.Quota = benchQuota
+		}
 		if err := b.putKeyRecord(ctx, m.s, e); err != nil {
 			tb.Fatal(err)
 		}
@@ -70,7 +85,7 @@ func benchPopulation(tb testing.TB, n int) *benchMount {
 	for i, k := range m.keys {
 		m.keys[i], off = buf[off:off+len(k)], off+len(k)
 	}
-	benchMounts[n] = m
+	benchMounts[kind] = m
 	return m
 }
 
@@ -111,6 +126,29 @@ func BenchmarkVerify(bb *testing.B) {
 					in := contract.Request{APIKey: m.keys[i%w], RequiredScopes: scopes}
 					if out, err := m.b.verify(ctx, m.s, &in, now); err != nil || out.Code != contract.CodeValid {
 						b.Fatalf("%v %s", err, out.Code)
+					}
+				}
+			})
+		}
+		if n == 10_000 {
+			// The same with a quota on every key: one compare-and-swap on
+			// the key's counter, found through the cached key.
+			qm := benchPopulationOf(bb, benchKind{n: n, quota: true})
+			// Warm: every key has met its counters once.
+			for _, k := range qm.keys {
+				if _, err := qm.b.verify(ctx, qm.s, &contract.Request{APIKey: k}, time.Now()); err != nil {
+					bb.Fatal(err)
+				}
+			}
+			bb.Run(fmt.Sprintf("warm-quota/%dk", n/1000), func(b *testing.B) {
+				now := time.Now()
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					in := contract.Request{APIKey: qm.keys[i%n], RequiredScopes: scopes}
+					out, err := qm.b.verify(ctx, qm.s, &in, now)
+					if err != nil || out.Code != contract.CodeValid || out.Quota.Limit == 0 {
+						b.Fatalf("%v %s %+v", err, out.Code, out.Quota)
 					}
 				}
 			})

@@ -249,6 +249,10 @@ func (b *backend) lookupTenant(ctx context.Context, s logical.Storage, name stri
 	if err != nil || t == nil {
 		return nil, err
 	}
+	// The quota verify spends against is the cached record's.
+	if err := b.attachTenantQuota(ctx, s, t); err != nil {
+		return nil, err
+	}
 	b.cache.putTenant(t)
 	return t, nil
 }
