@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -45,6 +48,9 @@ type HTTPOptions struct {
 	// last X-Forwarded-For entry (the one the gateway appended), instead
 	// of the connection's peer. Set it only when the peer is the gateway.
 	TrustForwarded bool
+	// Now is the clock Retry-After is counted by; nil is time.Now (an
+	// Edge's Handler uses the edge's clock).
+	Now func() time.Time
 }
 
 func (o HTTPOptions) withDefaults() HTTPOptions {
@@ -53,6 +59,9 @@ func (o HTTPOptions) withDefaults() HTTPOptions {
 	}
 	if o.TenantHeader == "" {
 		o.TenantHeader = DefaultTenantHeader
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	return o
 }
@@ -68,7 +77,8 @@ func AnswerFrom(ctx context.Context) (Answer, bool) {
 // Middleware lets only requests with a VALID key through to next, with the
 // answer in the request context (AnswerFrom). Refusals get 401 (missing,
 // malformed, unknown, expired key, suspended tenant), 403 (scope, IP), 429
-// (rate limit) or 503 (edge stale or Vault unreachable), with the code in
+// (rate limit; quota, with Retry-After: the seconds until it is whole
+// again) or 503 (edge stale or Vault unreachable), with the code in
 // X-Apikeys-Code.
 func Middleware(v Verifier, opts HTTPOptions) func(http.Handler) http.Handler {
 	opts = opts.withDefaults()
@@ -76,6 +86,9 @@ func Middleware(v Verifier, opts HTTPOptions) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			a, status := check(v, opts, r)
 			setHeaders(w.Header(), a)
+			if status == http.StatusTooManyRequests {
+				setRetryAfter(w.Header(), a, opts.Now())
+			}
 			if status != http.StatusOK {
 				writeJSON(w, status, a)
 				return
@@ -162,6 +175,20 @@ func setHeaders(h http.Header, a Answer) {
 	h.Set(HeaderRole, a.Role)
 }
 
+// setRetryAfter tells a client over its quota when to come back: the
+// whole seconds to quota_resets_at, at least 1.
+func setRetryAfter(h http.Header, a Answer, now time.Time) {
+	if a.QuotaResetsAt == nil {
+		return
+	}
+	reset, err := time.Parse(time.RFC3339, *a.QuotaResetsAt)
+	if err != nil {
+		return
+	}
+	secs := int64(math.Ceil(reset.Sub(now).Seconds()))
+	h.Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
+}
+
 func writeJSON(w http.ResponseWriter, status int, v interface{}) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -172,6 +199,9 @@ func writeJSON(w http.ResponseWriter, status int, v interface{}) {
 // Handler serves /check (any method: nginx auth_request, Envoy ext_authz
 // HTTP, Traefik forwardAuth), /healthz and /metrics.
 func (e *Edge) Handler(opts HTTPOptions) http.Handler {
+	if opts.Now == nil {
+		opts.Now = func() time.Time { return e.now() }
+	}
 	mux := http.NewServeMux()
 	check := Middleware(e, opts)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a, _ := AnswerFrom(r.Context())
