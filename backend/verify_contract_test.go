@@ -122,11 +122,13 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 	create("tenants/acme/roles/office", map[string]interface{}{"scopes": "read", "ttl": "1h", "allowed_cidrs": "10.0.0.0/8,2001:db8::/32"})
 	create("tenants/acme/roles/limited", map[string]interface{}{"ttl": "1h", "rate_limit": 2, "rate_limit_period": "1h"})
 	create("tenants/acme/roles/short", map[string]interface{}{"ttl": "1m"})
+	create("tenants/acme/roles/metered", map[string]interface{}{"ttl": "48h", "quota": 2, "quota_period": "day"})
 	web := issue("acme", "web", map[string]interface{}{"name": "ci", "metadata": "owner=ops"})
 	narrow := issue("acme", "web", map[string]interface{}{"scopes": "read"})
 	office := issue("acme", "office", nil)
 	limited := issue("acme", "limited", nil)
 	short := issue("acme", "short", nil)
+	metered := issue("acme", "metered", nil)
 	revokedResp := write("tenants/acme/creds/web", nil)
 	revoked := revokedResp.Data["api_key"].(string)
 	b.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+revokedResp.Data["key_id"].(string), nil)
@@ -140,6 +142,11 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 	create("tenants/globex/roles/web", map[string]interface{}{"ttl": "1h"})
 	globex := issue("globex", "web", nil)
 	write("tenants/globex", map[string]interface{}{"status": contract.TenantSuspended})
+	create("tenants/initech", map[string]interface{}{"quota": 1, "quota_period": "week"})
+	create("tenants/initech/roles/web", map[string]interface{}{"ttl": "48h"})
+	capped := issue("initech", "web", nil)
+	// The next UTC midnight, when the day's quota is whole again.
+	nextDay := start.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour).Sub(start)
 
 	srv := serveMount(t, b, s, "apikeys")
 	cfg := api.DefaultConfig()
@@ -152,8 +159,9 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 	e, err := edge.New(edge.Config{
 		Client: client, Mount: "apikeys", Now: clock.Now,
 		// The clock is moved by hand below; the edge must not go stale
-		// for it.
-		Staleness: 24 * time.Hour, PollWait: time.Second,
+		// for it. Nor report its quota use to the plugin meanwhile: each
+		// side counts what it answered itself.
+		Staleness: 24 * time.Hour, PollWait: time.Second, UsageInterval: time.Hour,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -199,6 +207,13 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 		{"another tenant's expired key: the tenant is checked first", contract.Request{APIKey: short, Tenant: "globex"}, 61 * time.Second, contract.CodeNotFound},
 		{"static, previous past grace", contract.Request{APIKey: previous}, 11 * time.Minute, contract.CodeExpired},
 		{"static, current after the grace", contract.Request{APIKey: current}, 11 * time.Minute, contract.CodeValid},
+		{"within quota", contract.Request{APIKey: metered}, 11 * time.Minute, contract.CodeValid},
+		{"a refused request spends none of it", contract.Request{APIKey: metered, RequiredScopes: []string{"admin"}}, 11 * time.Minute, contract.CodeInsufficientScope},
+		{"the last of the quota", contract.Request{APIKey: metered}, 11 * time.Minute, contract.CodeValid},
+		{"over quota", contract.Request{APIKey: metered}, 11 * time.Minute, contract.CodeQuotaExceeded},
+		{"tenant-wide quota", contract.Request{APIKey: capped}, 11 * time.Minute, contract.CodeValid},
+		{"over the tenant's quota", contract.Request{APIKey: capped}, 11 * time.Minute, contract.CodeQuotaExceeded},
+		{"quota, the next day", contract.Request{APIKey: metered}, nextDay, contract.CodeValid},
 	}
 	for _, c := range cases {
 		clock.Set(start.Add(c.at))
@@ -209,6 +224,9 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 		}
 		if plugin.Code != c.want {
 			t.Errorf("%s: plugin answered %s, want %s", c.name, plugin.Code, c.want)
+		}
+		if strings.Contains(c.name, "quota") && (plugin.QuotaResetsAt == nil || plugin.Valid && plugin.QuotaRemaining == nil) {
+			t.Errorf("%s: the answer says nothing of the quota: %+v", c.name, plugin)
 		}
 		pj, _ := json.Marshal(plugin)
 		ej, _ := json.Marshal(fromEdge)
