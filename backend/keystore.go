@@ -262,6 +262,13 @@ func (b *backend) putKeyRecordLocked(ctx context.Context, s logical.Storage, e *
 		b.cache.deleteKey(hash)
 		return err
 	}
+	if err := b.attachKeyQuota(ctx, s, ck); err != nil {
+		// Not cached without its quota counters: the next verify reads
+		// the record and tries again.
+		b.cache.deleteKey(hash)
+		b.Logger().Warn("quota counters of a written key unreadable; it is verified from storage", "tenant", e.Tenant, "key_id", e.KeyID, "error", err)
+		return nil
+	}
 	b.cache.putKey(ck)
 	return nil
 }

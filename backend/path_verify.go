@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -184,13 +185,11 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *contract.Re
 		return verifyOutcome{Code: contract.CodeNotFound}, nil
 	}
 	p := k.profile
-	// A key with a quota gets its counters once per cached copy (a
-	// storage read), so spending them never reads storage.
+	// A key with a quota holds its counters (attached when it was cached):
+	// start loading them now, so they arrive while the tenant is read.
 	if p.quota.Limit > 0 {
-		if m := k.key.meter.Load(); m == nil || m.reload.Load() {
-			if err := b.attachKeyQuota(ctx, s, k.key); err != nil {
-				return verifyOutcome{}, err
-			}
+		if m := k.key.meter.Load(); m != nil {
+			prefetch(unsafe.Pointer(m))
 		}
 	}
 	f := contract.Key{Tenant: p.tenant, ExpiresAt: k.expiresAt, Scopes: p.scopes, CIDRs: p.cidrs}

@@ -50,10 +50,9 @@ type quotaRecord struct {
 // quotaMeter is one quota's counters on this node: a key's (keyID set) or
 // a tenant's. A key's rule never changes; a tenant's follows its record.
 type quotaMeter struct {
-	// state and reload, which every verify of the key reads, come first
-	// and share a cache line.
+	// state, which every verify of the key spends on, comes first.
 	state contract.QuotaState
-	// reload asks the next verify to merge the stored standing again:
+	// reload asks the next load to merge the stored standing again:
 	// another node wrote it (Invalidate).
 	reload atomic.Bool
 	// rule is nil when no quota applies (a tenant without one).
@@ -62,6 +61,7 @@ type quotaMeter struct {
 	exceeded atomic.Uint64
 
 	tenant, keyID string
+	hash          [32]byte // a key's HMAC: its verify cache entry
 
 	mu     sync.Mutex // guards loaded, gone, flushed; taken by loads and flushes, never by verify
 	loaded bool
@@ -136,7 +136,7 @@ func (q *quotaTracker) shard(id string) *quotaShard {
 }
 
 // key returns the meter of a key, creating it (with rule) on first use.
-func (q *quotaTracker) key(tenant, id string, rule contract.QuotaRule) *quotaMeter {
+func (q *quotaTracker) key(tenant, id string, rule contract.QuotaRule, hash [32]byte) *quotaMeter {
 	sh := q.shard(id)
 	sh.mu.RLock()
 	m := sh.byID[id]
@@ -149,7 +149,7 @@ func (q *quotaTracker) key(tenant, id string, rule contract.QuotaRule) *quotaMet
 	if m := sh.byID[id]; m != nil {
 		return m
 	}
-	m = &quotaMeter{tenant: tenant, keyID: id}
+	m = &quotaMeter{tenant: tenant, keyID: id, hash: hash}
 	m.rule.Store(&rule)
 	sh.byID[id] = m
 	return m
@@ -240,8 +240,8 @@ func (q *quotaTracker) reset() {
 }
 
 // invalidate serves Invalidate for quota/<rest>: another node wrote the
-// standing, which the next verify merges in.
-func (q *quotaTracker) invalidate(rest string) {
+// standing, which the next load merges in. It returns the key's meter.
+func (q *quotaTracker) invalidate(rest string) *quotaMeter {
 	var m *quotaMeter
 	switch {
 	case strings.HasPrefix(rest, "tenants/"):
@@ -254,6 +254,7 @@ func (q *quotaTracker) invalidate(rest string) {
 	if m != nil {
 		m.reload.Store(true)
 	}
+	return m
 }
 
 // load merges the stored standing into m once (and again after reload):
@@ -285,14 +286,18 @@ func (m *quotaMeter) load(ctx context.Context, s logical.Storage) error {
 	return nil
 }
 
-// attachKeyQuota gives a cached key of a role with a quota its meter,
-// loaded; verify calls it before deciding when the key has none yet (once
-// per cached copy) or another node wrote its standing.
+// attachKeyQuota gives a key of a role with a quota its meter, loaded,
+// before the verify cache holds the key (a fill, a key write), so verify
+// finds the counters in memory. A standing another node wrote drops the
+// cached key (invalidateQuota), and its next fill merges it.
 func (b *backend) attachKeyQuota(ctx context.Context, s logical.Storage, k *cachedKey) error {
 	p := k.profile
+	if p.quota.Limit == 0 {
+		return nil
+	}
 	m := k.meter.Load()
 	if m == nil {
-		m = b.quotas.key(p.tenant, k.keyID, p.quota)
+		m = b.quotas.key(p.tenant, k.keyID, p.quota, k.hash)
 	}
 	m.mu.Lock()
 	err := m.load(ctx, s)
@@ -404,7 +409,7 @@ func (b *backend) reportQuota(ctx context.Context, s logical.Storage, tenant, id
 			return nil, nil, err
 		}
 		if rec != nil && rec.Tenant == tenant && rec.Quota != nil && rec.Quota.Applies() {
-			km = b.quotas.key(tenant, id, *rec.Quota)
+			km = b.quotas.key(tenant, id, *rec.Quota, *hash)
 		}
 	}
 	if km != nil {
@@ -531,7 +536,8 @@ func (b *backend) edgeQuotas(ctx context.Context, s logical.Storage, st []*contr
 // more. The standing is written and sent to edges at once.
 func (b *backend) refillKeyQuota(ctx context.Context, s logical.Storage, e *keyEntry, reset bool, add int64, now time.Time) (*contract.QuotaStanding, error) {
 	rule := *e.Quota
-	m := b.quotas.key(e.Tenant, e.KeyID, rule)
+	hash, _ := parseHash(e.Hash)
+	m := b.quotas.key(e.Tenant, e.KeyID, rule, hash)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.load(ctx, s); err != nil {
@@ -645,12 +651,14 @@ func equalQuota(a, b *contract.QuotaRule) bool {
 }
 
 // invalidateQuota serves Invalidate for quota/<rest>: the meter merges the
-// stored standing again at its next use. A tenant's is merged when its
-// record enters the verify cache, so the cached record goes.
+// stored standing again when its key or tenant enters the verify cache
+// next, so the cached copy goes.
 func (b *backend) invalidateQuota(rest string) {
-	b.quotas.invalidate(rest)
+	m := b.quotas.invalidate(rest)
 	if name, ok := strings.CutPrefix(rest, "tenants/"); ok {
 		b.forgetTenant(name)
+	} else if m != nil {
+		b.forgetKey(hex.EncodeToString(m.hash[:]))
 	}
 }
 

@@ -107,6 +107,30 @@ func (p Period) StartSec(idx int64) int64 {
 	return 0
 }
 
+// periodSpan is one period: its index and the unix seconds it runs over.
+type periodSpan struct{ idx, start, end int64 }
+
+// spans remembers the period each Period was last asked about, so verify
+// finds the current one with an atomic load and two comparisons: a month's
+// index otherwise costs a calendar conversion each way (~25 ns of a
+// ~15 ns quota check). Written once per period.
+var spans [len(periodNames)]atomic.Pointer[periodSpan]
+
+// span is the index of the period holding sec and the second the next one
+// starts at.
+func (p Period) span(sec int64) (idx, next int64) {
+	if int(p) >= len(spans) {
+		return 0, 0
+	}
+	if s := spans[p].Load(); s != nil && s.start <= sec && sec < s.end {
+		return s.idx, s.end
+	}
+	idx = p.indexOf(sec)
+	s := &periodSpan{idx: idx, start: p.StartSec(idx), end: p.StartSec(idx + 1)}
+	spans[p].Store(s)
+	return s.idx, s.end
+}
+
 // Start is the start of the period holding t, in UTC.
 func (p Period) Start(t time.Time) time.Time {
 	return time.Unix(p.StartSec(p.Index(t)), 0).UTC()
@@ -319,15 +343,16 @@ func TakeQuota(now time.Time, key QuotaRule, ks *QuotaState, tenant QuotaRule, t
 	var kIdx int64
 	keyOn := ks != nil && key.Applies()
 	if keyOn {
-		kIdx = key.Period.indexOf(sec)
-		kq = Quota{Limit: key.Limit, ResetsAt: key.Period.StartSec(kIdx+1) * int64(time.Second)}
+		var next int64
+		kIdx, next = key.Period.span(sec)
+		kq = Quota{Limit: key.Limit, ResetsAt: next * int64(time.Second)}
 		budget := ks.budget(key, kIdx)
 		n, ok := ks.Spent.Spend(kIdx, budget)
 		if !ok {
 			if ts != nil && tenant.Applies() {
-				tIdx := tenant.Period.indexOf(sec)
+				tIdx, tNext := tenant.Period.span(sec)
 				if ts.Spent.Load(tIdx) >= ts.budget(tenant, tIdx) {
-					kq.ResetsAt = max(kq.ResetsAt, tenant.Period.StartSec(tIdx+1)*int64(time.Second))
+					kq.ResetsAt = max(kq.ResetsAt, tNext*int64(time.Second))
 				}
 			}
 			return CodeQuotaExceeded, kq
@@ -337,8 +362,8 @@ func TakeQuota(now time.Time, key QuotaRule, ks *QuotaState, tenant QuotaRule, t
 	if ts == nil || !tenant.Applies() {
 		return "", kq
 	}
-	tIdx := tenant.Period.indexOf(sec)
-	tq = Quota{Limit: tenant.Limit, ResetsAt: tenant.Period.StartSec(tIdx+1) * int64(time.Second)}
+	tIdx, tNext := tenant.Period.span(sec)
+	tq = Quota{Limit: tenant.Limit, ResetsAt: tNext * int64(time.Second)}
 	budget := ts.budget(tenant, tIdx)
 	n, ok := ts.Spent.Spend(tIdx, budget)
 	if !ok {

@@ -234,3 +234,31 @@ func TestTakeQuota(t *testing.T) {
 		t.Fatalf("none: %q %+v", code, q)
 	}
 }
+
+// BenchmarkTakeQuota is the quota's part of a VALID verify: a key's quota
+// alone, and with its tenant's.
+func BenchmarkTakeQuota(bb *testing.B) {
+	now := utc("2026-12-03T15:04:05Z")
+	for _, p := range []Period{PeriodHour, PeriodDay, PeriodWeek, PeriodMonth} {
+		r := QuotaRule{Limit: MaxQuota, Period: p}
+		bb.Run(p.String(), func(b *testing.B) {
+			var ks QuotaState
+			b.ReportAllocs()
+			for b.Loop() {
+				if code, _ := TakeQuota(now, r, &ks, QuotaRule{}, nil); code != "" {
+					b.Fatal(code)
+				}
+			}
+		})
+	}
+	bb.Run("day+tenant-month", func(b *testing.B) {
+		var ks, ts QuotaState
+		kr, tr := QuotaRule{Limit: MaxQuota, Period: PeriodDay}, QuotaRule{Limit: MaxQuota, Period: PeriodMonth}
+		b.ReportAllocs()
+		for b.Loop() {
+			if code, _ := TakeQuota(now, kr, &ks, tr, &ts); code != "" {
+				b.Fatal(code)
+			}
+		}
+	})
+}
