@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -184,11 +185,8 @@ func (q *quotaTracker) tenant(name string) *quotaMeter {
 	if m := old[name]; m != nil {
 		return m
 	}
-	next := make(map[string]*quotaMeter, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
 	m := &quotaMeter{tenant: name}
+	next := maps.Clone(old)
 	next[name] = m
 	q.tenants.Store(&next)
 	return m
@@ -201,12 +199,8 @@ func (q *quotaTracker) dropTenant(name string) {
 	if old[name] == nil {
 		return
 	}
-	next := make(map[string]*quotaMeter, len(old))
-	for k, v := range old {
-		if k != name {
-			next[k] = v
-		}
-	}
+	next := maps.Clone(old)
+	delete(next, name)
 	q.tenants.Store(&next)
 }
 
