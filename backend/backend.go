@@ -44,6 +44,7 @@ type backend struct {
 	// request.
 	storage   logical.Storage
 	limiter   *rateLimiter
+	quotas    *quotaTracker
 	rotations *rotationEngine
 
 	// pepperMu serialises loading and resetting the hasher; readers load
@@ -85,10 +86,12 @@ func newBackend() *backend {
 		hashLocks:   locksutil.CreateLocks(),
 		cache:       newVerifyCache(),
 		limiter:     newRateLimiter(),
+		quotas:      newQuotaTracker(),
 		rotations:   newRotationEngine(),
 	}
 	b.stopCtx, b.stop = context.WithCancel(context.Background())
 	b.monitoring = newMonitoring(b)
+	b.metrics.reg.MustRegister(b.quotaCollector())
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -114,6 +117,7 @@ func newBackend() *backend {
 			b.pathTidy(),
 			b.pathConfig(),
 			b.pathVerify(),
+			b.pathQuota(),
 			b.pathSync(),
 			b.pathCreds(),
 			b.pathStaticKeys(),
@@ -160,6 +164,8 @@ func (b *backend) invalidate(ctx context.Context, key string) {
 		b.forgetMonitorConfig()
 	case strings.HasPrefix(key, usagePrefix):
 		b.usage.invalidate(strings.TrimPrefix(key, usagePrefix))
+	case strings.HasPrefix(key, quotaPrefix):
+		b.invalidateQuota(strings.TrimPrefix(key, quotaPrefix))
 	}
 }
 
@@ -171,6 +177,7 @@ func (b *backend) clean(ctx context.Context) {
 	b.cache.reset()
 	b.known.reset()
 	b.limiter.reset()
+	b.quotas.reset()
 	b.resetHasher()
 	b.feed.reset()
 }

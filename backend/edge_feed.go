@@ -36,7 +36,7 @@ func wireKeyOf(e *keyEntry) *contract.WireKey {
 		EdgeHash: e.EdgeHash, KeyID: e.KeyID, Tenant: e.Tenant, Role: e.Role, Kind: e.Kind,
 		Environment: e.Environment, Scopes: nonNilSlice(e.Scopes), AllowedCIDRs: nonNilSlice(e.AllowedCIDRs),
 		RateLimit: e.RateLimit, RateLimitPeriod: int64(e.RateLimitPeriod / time.Second),
-		Metadata: nonNilMap(e.Metadata), InGrace: e.InGrace, Disabled: e.Disabled,
+		Metadata: nonNilMap(e.Metadata), InGrace: e.InGrace, Disabled: e.Disabled, Quota: e.Quota,
 	}
 	if !e.ExpiresAt.IsZero() {
 		k.ExpiresAt = e.ExpiresAt.UTC().Format(time.RFC3339Nano)
@@ -299,8 +299,8 @@ func (b *backend) edgeKeyDeleted(ctx context.Context, s logical.Storage, tenant,
 	return b.feed.appendChange(ctx, s, &contract.Change{Op: contract.OpDelete, KeyID: id, Tenant: tenant})
 }
 
-func (b *backend) edgeTenantStatus(ctx context.Context, s logical.Storage, tenant, status string) error {
-	return b.feed.appendChange(ctx, s, &contract.Change{Op: contract.OpTenant, Tenant: tenant, TenantStatus: status})
+func (b *backend) edgeTenantStatus(ctx context.Context, s logical.Storage, tenant, status string, quota *contract.QuotaRule) error {
+	return b.feed.appendChange(ctx, s, &contract.Change{Op: contract.OpTenant, Tenant: tenant, TenantStatus: status, TenantQuota: quota})
 }
 
 // periodicEdgeFeed compacts on the node that may write.

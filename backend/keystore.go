@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	uuid "github.com/hashicorp/go-uuid"
 	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
@@ -25,19 +27,21 @@ const (
 )
 
 type keyEntry struct {
-	KeyID           string            `json:"key_id"`
-	Tenant          string            `json:"tenant"`
-	Role            string            `json:"role"`
-	Kind            string            `json:"kind"`
-	Name            string            `json:"name"`
-	Hash            string            `json:"hash"`
-	Environment     string            `json:"environment"`
-	Scopes          []string          `json:"scopes"`
-	AllowedCIDRs    []string          `json:"allowed_cidrs"`
-	RateLimit       int               `json:"rate_limit"`
-	RateLimitPeriod time.Duration     `json:"rate_limit_period"`
-	Metadata        map[string]string `json:"metadata"`
-	CreatedAt       time.Time         `json:"created_at"`
+	KeyID           string        `json:"key_id"`
+	Tenant          string        `json:"tenant"`
+	Role            string        `json:"role"`
+	Kind            string        `json:"kind"`
+	Name            string        `json:"name"`
+	Hash            string        `json:"hash"`
+	Environment     string        `json:"environment"`
+	Scopes          []string      `json:"scopes"`
+	AllowedCIDRs    []string      `json:"allowed_cidrs"`
+	RateLimit       int           `json:"rate_limit"`
+	RateLimitPeriod time.Duration `json:"rate_limit_period"`
+	// Quota is the role's quota at issue, nil for none (quota.go).
+	Quota     *contract.QuotaRule `json:"quota,omitempty"`
+	Metadata  map[string]string   `json:"metadata"`
+	CreatedAt time.Time           `json:"created_at"`
 	// ExpiresAt is zero for a key that never expires.
 	ExpiresAt time.Time `json:"expires_at"`
 	// InGrace marks a rotated-out static key: valid until ExpiresAt.
@@ -80,6 +84,10 @@ type cachedKey struct {
 	keyID     string
 	inGrace   bool
 	loc       uint64 // verifyCache.locate of the plaintext; 0 unknown
+	// meter is the key's quota counters (quota.go), set by the first
+	// verify of a key whose role has a quota: the one field that changes
+	// once the cache holds the key.
+	meter atomic.Pointer[quotaMeter]
 }
 
 func newCachedKey(e *keyEntry, hash [32]byte) (*cachedKey, error) {
@@ -281,6 +289,13 @@ func (b *backend) putKeyRecordLocked(ctx context.Context, s logical.Storage, e *
 		b.cache.deleteKey(hash)
 		return err
 	}
+	if err := b.attachKeyQuota(ctx, s, ck); err != nil {
+		// Not cached without its quota counters: the next verify reads
+		// the record and tries again.
+		b.cache.deleteKey(hash)
+		b.Logger().Warn("quota counters of a written key unreadable; it is verified from storage", "tenant", e.Tenant, "key_id", e.KeyID, "error", err)
+		return nil
+	}
 	b.cache.putKey(ck)
 	return nil
 }
@@ -333,6 +348,7 @@ func (b *backend) revokeKeyByHash(ctx context.Context, s logical.Storage, tenant
 		return fmt.Errorf("delete index of key %q of tenant %q: %w", id, tenant, err)
 	}
 	b.limiter.forget(id)
+	b.keyQuotaRevoked(ctx, s, tenant, id)
 	b.keyRevoked(ctx, s, tenant, id, hint)
 	return nil
 }

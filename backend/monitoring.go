@@ -109,6 +109,7 @@ func (b *backend) stopMonitoring(ctx context.Context) {
 	b.monMu.Unlock()
 	if s != nil {
 		b.flushUsage(ctx, s)
+		b.flushQuotas(ctx, s)
 	}
 	if cancel != nil {
 		cancel()
@@ -140,4 +141,5 @@ func (b *backend) periodicMonitoring(ctx context.Context, req *logical.Request) 
 		return
 	}
 	b.flushUsage(ctx, req.Storage)
+	b.flushQuotas(ctx, req.Storage)
 }

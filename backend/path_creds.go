@@ -149,6 +149,7 @@ func (b *backend) pathCredsIssue(ctx context.Context, req *logical.Request, d *f
 		AllowedCIDRs:    r.AllowedCIDRs,
 		RateLimit:       r.RateLimit,
 		RateLimitPeriod: r.RateLimitPeriod,
+		Quota:           r.quotaRule(),
 		Metadata:        keyMetadata(r.Metadata, metadata),
 		CreatedAt:       now,
 		ExpiresAt:       now.Add(keyTTL),

@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/keyformat"
 )
 
@@ -23,6 +24,9 @@ type roleEntry struct {
 	RateLimit       int               `json:"rate_limit"`
 	RateLimitPeriod time.Duration     `json:"rate_limit_period"`
 	Metadata        map[string]string `json:"metadata"`
+	// Quota per QuotaPeriod, given to each key at issue; 0 none.
+	Quota       int64           `json:"quota,omitempty"`
+	QuotaPeriod contract.Period `json:"quota_period,omitempty"`
 	// NotLeased keys get no Vault lease (see the leased field).
 	NotLeased bool `json:"not_leased,omitempty"`
 	// RevokeUnusedAfter revokes the role's dynamic keys once unused this
@@ -33,7 +37,7 @@ type roleEntry struct {
 }
 
 func (b *backend) pathRoles() []*framework.Path {
-	return []*framework.Path{
+	paths := []*framework.Path{
 		{
 			Pattern: "tenants/" + namePattern("tenant") + "/roles/?$",
 			DisplayAttrs: &framework.DisplayAttributes{
@@ -115,6 +119,10 @@ func (b *backend) pathRoles() []*framework.Path {
 			HelpDescription: pathRoleHelpDesc,
 		},
 	}
+	for name, f := range quotaFields("per key (each key issued from the role gets it at issue, like the rate limit)") {
+		paths[1].Fields[name] = f
+	}
+	return paths
 }
 
 func readRole(ctx context.Context, s logical.Storage, tenant, name string) (*roleEntry, error) {
@@ -165,6 +173,8 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 		"allowed_cidrs":       nonNilSlice(r.AllowedCIDRs),
 		"rate_limit":          r.RateLimit,
 		"rate_limit_period":   int64(r.RateLimitPeriod.Seconds()),
+		"quota":               r.Quota,
+		"quota_period":        quotaPeriodName(r.QuotaPeriod),
 		"metadata":            nonNilMap(r.Metadata),
 		"leased":              !r.NotLeased,
 		"revoke_unused_after": int64(r.RevokeUnusedAfter.Seconds()),
@@ -244,6 +254,9 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	if r.RateLimit > 0 && r.RateLimitPeriod <= 0 {
 		return logical.ErrorResponse("rate_limit_period must be positive when rate_limit is set"), nil
+	}
+	if resp := setQuota(d, &r.Quota, &r.QuotaPeriod); resp != nil {
+		return resp, nil
 	}
 	if v, ok, err := d.GetOkErr("metadata"); err != nil {
 		return fieldError("metadata", err), nil
@@ -325,6 +338,11 @@ A role describes the keys issued from it through tenants/<tenant>/creds/<role>:
   rate_limit_period  verifications per key per period, counted in memory on
                      each node that answers verify (so per node, not
                      cluster-wide); over the limit verify answers RATE_LIMITED.
+  quota, quota_period  requests per key per UTC calendar period (hour, day,
+                     week from Monday, month), counted cluster-wide; over it
+                     verify answers QUOTA_EXCEEDED. A key keeps the quota its
+                     role had at issue; refill one with
+                     tenants/<tenant>/keys/<key_id>/quota.
   revoke_unused_after  revoke the role's dynamic keys not verified for this
                      long (since issue, if never), with a key-revoked
                      notification (reason "unused"); the active node checks

@@ -110,6 +110,8 @@ func (b *backend) pathSyncSnapshot(ctx context.Context, req *logical.Request, d 
 		i++
 	}
 	keys := make([]*contract.WireKey, 0, min(limit, len(hashes)-i))
+	var quotas []*contract.QuotaStanding
+	now := b.usage.now()
 	next := ""
 	for ; i < len(hashes); i++ {
 		if len(keys) == limit {
@@ -124,6 +126,13 @@ func (b *backend) pathSyncSnapshot(ctx context.Context, req *logical.Request, d 
 			continue
 		}
 		keys = append(keys, wireKeyOf(rec))
+		st, err := b.keyStanding(ctx, req.Storage, rec, now)
+		if err != nil {
+			return nil, err
+		}
+		if st != nil && (st.Used > 0 || st.Credit > 0) {
+			quotas = append(quotas, st)
+		}
 	}
 	page := contract.SnapshotPage{
 		Seq:         head.Seq,
@@ -137,6 +146,7 @@ func (b *backend) pathSyncSnapshot(ctx context.Context, req *logical.Request, d 
 			return nil, fmt.Errorf("list tenants: %w", err)
 		}
 		status := make(map[string]string, len(tenants))
+		tenantQuotas := map[string]contract.QuotaRule{}
 		for _, name := range tenants {
 			if strings.HasSuffix(name, "/") {
 				continue
@@ -145,12 +155,23 @@ func (b *backend) pathSyncSnapshot(ctx context.Context, req *logical.Request, d 
 			if err != nil {
 				return nil, err
 			}
-			if t != nil {
-				status[name] = t.Status
+			if t == nil {
+				continue
+			}
+			status[name] = t.Status
+			if r := t.quotaRule(); r != nil {
+				tenantQuotas[name] = *r
+				st, err := b.tenantStanding(ctx, req.Storage, t, now)
+				if err != nil {
+					return nil, err
+				}
+				quotas = append(quotas, st)
 			}
 		}
 		page.Tenants = status
+		page.TenantQuotas = tenantQuotas
 	}
+	page.Quotas = quotas
 	return &logical.Response{Data: page.Data()}, nil
 }
 

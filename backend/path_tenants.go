@@ -27,8 +27,11 @@ type tenantEntry struct {
 	MaxKeys             int               `json:"max_keys"`
 	DefaultTTL          time.Duration     `json:"default_ttl"`
 	MaxTTL              time.Duration     `json:"max_ttl"`
-	CreatedAt           time.Time         `json:"created_at"`
-	UpdatedAt           time.Time         `json:"updated_at"`
+	// Quota per QuotaPeriod over all the tenant's keys together; 0 none.
+	Quota       int64           `json:"quota,omitempty"`
+	QuotaPeriod contract.Period `json:"quota_period,omitempty"`
+	CreatedAt   time.Time       `json:"created_at"`
+	UpdatedAt   time.Time       `json:"updated_at"`
 }
 
 func (t *tenantEntry) allowsEnvironment(env string) bool {
@@ -36,7 +39,7 @@ func (t *tenantEntry) allowsEnvironment(env string) bool {
 }
 
 func tenantFields() map[string]*framework.FieldSchema {
-	return map[string]*framework.FieldSchema{
+	fields := map[string]*framework.FieldSchema{
 		"tenant": {
 			Type:        framework.TypeString,
 			Description: "Name of the tenant: 1-63 lower-case letters, digits or dashes.",
@@ -82,6 +85,10 @@ func tenantFields() map[string]*framework.FieldSchema {
 			Description: "On delete: revoke all of the tenant's keys first instead of refusing.",
 		},
 	}
+	for name, f := range quotaFields("over all the tenant's keys together (each key's own quota counts too)") {
+		fields[name] = f
+	}
+	return fields
 }
 
 func (b *backend) pathTenants() []*framework.Path {
@@ -190,6 +197,8 @@ func tenantResponse(t *tenantEntry) map[string]interface{} {
 		"max_keys":             t.MaxKeys,
 		"default_ttl":          int64(t.DefaultTTL.Seconds()),
 		"max_ttl":              int64(t.MaxTTL.Seconds()),
+		"quota":                t.Quota,
+		"quota_period":         quotaPeriodName(t.QuotaPeriod),
 		"created_at":           t.CreatedAt.Format(time.RFC3339),
 		"updated_at":           t.UpdatedAt.Format(time.RFC3339),
 	}
@@ -210,8 +219,9 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	}
 	now := time.Now().UTC()
 	oldStatus := ""
+	var oldQuota *contract.QuotaRule
 	if t != nil {
-		oldStatus = t.Status
+		oldStatus, oldQuota = t.Status, t.quotaRule()
 	}
 	if t == nil {
 		if req.Operation == logical.UpdateOperation {
@@ -270,6 +280,9 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	if t.MaxTTL > 0 && t.DefaultTTL > t.MaxTTL {
 		return logical.ErrorResponse("default_ttl (%s) must not exceed max_ttl (%s)", t.DefaultTTL, t.MaxTTL), nil
 	}
+	if resp := setQuota(d, &t.Quota, &t.QuotaPeriod); resp != nil {
+		return resp, nil
+	}
 	t.UpdatedAt = now
 
 	if err := putJSON(ctx, req.Storage, tenantPrefix+name, fmt.Sprintf("tenant %q", name), t); err != nil {
@@ -279,10 +292,13 @@ func (b *backend) pathTenantWrite(ctx context.Context, req *logical.Request, d *
 	// while still holding the tenant lock so no fill can race it.
 	b.cache.deleteTenant(name)
 	b.tenantWritten(ctx, req.Storage, t)
-	// Also when the request repeats the stored status: it may be the retry
-	// of a write whose record landed but whose feed entry did not.
-	if _, set := d.GetOk("status"); set || t.Status != oldStatus {
-		if err := b.edgeTenantStatus(ctx, req.Storage, name, t.Status); err != nil {
+	// Also when the request repeats the stored status or quota: it may be
+	// the retry of a write whose record landed but whose feed entry did not.
+	_, statusSet := d.GetOk("status")
+	_, quotaSet := d.GetOk("quota")
+	_, periodSet := d.GetOk("quota_period")
+	if statusSet || quotaSet || periodSet || t.Status != oldStatus || !equalQuota(t.quotaRule(), oldQuota) {
+		if err := b.edgeTenantStatus(ctx, req.Storage, name, t.Status, t.quotaRule()); err != nil {
 			return nil, err
 		}
 	}
@@ -340,7 +356,10 @@ func (b *backend) pathTenantDelete(ctx context.Context, req *logical.Request, d 
 		return nil, fmt.Errorf("delete tenant %q: %w", name, err)
 	}
 	b.cache.deleteTenant(name)
-	if err := b.edgeTenantStatus(ctx, req.Storage, name, contract.TenantDeleted); err != nil {
+	if err := b.edgeTenantStatus(ctx, req.Storage, name, contract.TenantDeleted, nil); err != nil {
+		return nil, err
+	}
+	if err := b.tenantQuotaDeleted(ctx, req.Storage, name); err != nil {
 		return nil, err
 	}
 	if len(ids) == 0 {
@@ -409,6 +428,9 @@ tenant in the path.
                      status=active restores them.
   max_keys           enforced when a key is issued.
   default_ttl/max_ttl apply to the tenant's keys, below the mount's limits.
+  quota, quota_period  requests per UTC calendar period over all the
+                     tenant's keys together, on top of each key's own quota;
+                     a change applies at once.
 
 Deleting a tenant is refused while it still has keys, unless force=true, which
 revokes every key of the tenant first, then deletes its roles and the tenant.

@@ -56,7 +56,7 @@ func (b *backend) pathUsage() []*framework.Path {
 			Fields: map[string]*framework.FieldSchema{
 				"reports": {
 					Type:        framework.TypeSlice,
-					Description: `Batch of up to 1000 objects {"tenant", "key_id", "requests", "errors", "upstream_latency_ms_sum", "upstream_latency_ms_max", "last_used_at"} (last_used_at: unix seconds, sent by edge verifiers).`,
+					Description: `Batch of up to 1000 objects {"tenant", "key_id", "requests", "errors", "upstream_latency_ms_sum", "upstream_latency_ms_max", "last_used_at", "quota_period_start", "quota_used", "tenant_quota_period_start", "tenant_quota_used"} (last_used_at and the quota fields: unix seconds and counts, sent by edge verifiers).`,
 					Required:    true,
 				},
 			},
@@ -86,6 +86,8 @@ type gatewayReport struct {
 	// lastUsedSec (unix seconds) comes from edge verifiers, whose
 	// verifications Vault never sees.
 	lastUsedSec uint64
+	// quota is what an edge served of the key's and its tenant's quotas.
+	quota quotaReport
 }
 
 func (b *backend) pathUsageReport(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -119,6 +121,9 @@ func (b *backend) pathUsageReport(ctx context.Context, req *logical.Request, d *
 	}
 	var rej []rejected
 	accepted := 0
+	quotas := []*contract.QuotaStanding{}
+	tenantQuotas := map[string]*contract.QuotaStanding{}
+	now := b.usage.now()
 	for i, r := range reports {
 		hash, err := b.keyOfTenant(ctx, req.Storage, r.tenant, r.keyID)
 		if err != nil {
@@ -129,13 +134,26 @@ func (b *backend) pathUsageReport(ctx context.Context, req *logical.Request, d *
 			continue
 		}
 		b.recordReport(r, hash)
+		kq, tq, err := b.reportQuota(ctx, req.Storage, r.tenant, r.keyID, hash, r.quota, now)
+		if err != nil {
+			return nil, err
+		}
+		if kq != nil {
+			quotas = append(quotas, kq)
+		}
+		if tq != nil {
+			tenantQuotas[r.tenant] = tq
+		}
 		accepted++
+	}
+	for _, tq := range tenantQuotas {
+		quotas = append(quotas, tq)
 	}
 	out := make([]interface{}, len(rej))
 	for i, r := range rej {
 		out[i] = map[string]interface{}{"index": r.Index, "key_id": r.KeyID, "reason": r.Reason}
 	}
-	return &logical.Response{Data: map[string]interface{}{"accepted": accepted, "rejected": out}}, nil
+	return &logical.Response{Data: map[string]interface{}{"accepted": accepted, "rejected": out, "quotas": quotas}}, nil
 }
 
 // keyOfTenant finds the key's HMAC if the key exists and belongs to the
@@ -220,6 +238,9 @@ func parseReport(item interface{}) (gatewayReport, error) {
 		return r, err
 	}
 	if r.lastUsedSec, err = nonNegative(m, "last_used_at", 1); err != nil {
+		return r, err
+	}
+	if r.quota, err = parseQuotaReport(m, r.requests); err != nil {
 		return r, err
 	}
 	return r, nil

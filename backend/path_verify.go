@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -184,6 +185,13 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *contract.Re
 		return verifyOutcome{Code: contract.CodeNotFound}, nil
 	}
 	p := k.profile
+	// A key with a quota holds its counters (attached when it was cached):
+	// start loading them now, so they arrive while the tenant is read.
+	if p.quota.Limit > 0 {
+		if m := k.key.meter.Load(); m != nil {
+			prefetch(unsafe.Pointer(m))
+		}
+	}
 	f := contract.Key{Tenant: p.tenant, ExpiresAt: k.expiresAt, Disabled: p.disabled, Scopes: p.scopes, CIDRs: p.cidrs}
 	v, err := contract.Decide(ctx, pluginStore{b: b, s: s}, in, &f, k.key, now)
 	if err != nil {
@@ -198,7 +206,8 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *contract.Re
 }
 
 // pluginStore is the verify contract's Store over the mount: tenants from
-// the verify cache (else storage), rate limits from this node's buckets.
+// the verify cache (else storage), rate limits from this node's buckets,
+// quotas from this node's counters (quota.go).
 type pluginStore struct {
 	b *backend
 	s logical.Storage
@@ -217,7 +226,7 @@ func (ps pluginStore) Spend(k *cachedKey, now time.Time) (string, contract.Quota
 	if p.rateLimit > 0 && !ps.b.limiter.allow(k.keyID, p.rateLimit, p.ratePeriod, now) {
 		return contract.CodeRateLimited, contract.Quota{}
 	}
-	return "", contract.Quota{}
+	return ps.b.spendQuota(k, now)
 }
 
 func verifyResponse(out verifyOutcome) map[string]interface{} {
@@ -256,6 +265,13 @@ says valid (true/false) and a code:
   IP_NOT_ALLOWED      client_ip is missing or outside the key's allowed_cidrs
   INSUFFICIENT_SCOPE  the key lacks one of required_scopes
   RATE_LIMITED        over the role's rate_limit on this node
+  QUOTA_EXCEEDED      the role's quota (per key) or the tenant's quota is
+                      spent for this quota_period; quota_resets_at says when
+                      it is whole again
+
+A VALID answer of a key under a quota also carries quota_remaining and
+quota_resets_at: of the role's quota, or of the tenant's when that leaves
+less. Only requests that pass every other check spend quota.
 
 tenants/<tenant>/verify answers only for that tenant's keys: give gateways of
 one tenant that path and they can learn nothing of other tenants. Verify never

@@ -134,6 +134,7 @@ func (b *backend) newStaticKeyRecord(ctx context.Context, s logical.Storage, t *
 	switch {
 	case r != nil:
 		rec.Scopes, rec.AllowedCIDRs, rec.RateLimit, rec.RateLimitPeriod = r.Scopes, r.AllowedCIDRs, r.RateLimit, r.RateLimitPeriod
+		rec.Quota = r.quotaRule()
 		roleMetadata = r.Metadata
 	case e.CurrentHash != "":
 		cur, err := readKeyRecord(ctx, s, e.CurrentHash)
@@ -142,6 +143,7 @@ func (b *backend) newStaticKeyRecord(ctx context.Context, s logical.Storage, t *
 		}
 		if cur != nil {
 			rec.Scopes, rec.AllowedCIDRs, rec.RateLimit, rec.RateLimitPeriod = cur.Scopes, cur.AllowedCIDRs, cur.RateLimit, cur.RateLimitPeriod
+			rec.Quota = cur.Quota
 			// The role's metadata too: the current key holds it merged
 			// with the static key's own, which is applied again below.
 			roleMetadata = cur.Metadata

@@ -32,6 +32,10 @@ import (
 //	                                key and UTC day, holding the day's total
 //	                                and, for the last 48 h, its hours
 //	usage/history/tidy              how far tidy has aged history out
+//	quota/tenants/<tenant>          where a tenant's quota stands as last
+//	                                flushed (quota.go)
+//	quota/keys/<tenant>/<key_id>    where a key's own quota stands; deleted
+//	                                with the key
 //	edge/verifier                   the secret edges hash keys with
 //	                                (seal-wrapped)
 //	edge/head, edge/changes/<seq>   the edge sync change feed
@@ -56,6 +60,9 @@ const (
 	usagePrefix        = "usage/"
 	usageTenantPrefix  = usagePrefix + "tenants/"
 	usageKeyPrefix     = usagePrefix + "keys/"
+	quotaPrefix        = "quota/"
+	quotaTenantPrefix  = quotaPrefix + "tenants/"
+	quotaKeyPrefix     = quotaPrefix + "keys/"
 	verifierPath       = "edge/verifier"
 	feedHeadPath       = "edge/head"
 	feedPrefix         = "edge/changes/"
@@ -82,6 +89,7 @@ func tenantHistoryPrefix(tenant string) string { return usageHistoryTenantPrefix
 func keyHistoryPrefix(tenant, id string) string {
 	return usageHistoryKeyPrefix + tenant + "/" + id + "/"
 }
+func quotaKeyPath(tenant, id string) string { return quotaKeyPrefix + tenant + "/" + id }
 
 func feedEntryKey(seq uint64) string { return fmt.Sprintf("%s%020d", feedPrefix, seq) }
 

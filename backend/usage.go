@@ -507,8 +507,9 @@ func (b *backend) recordVerify(in *contract.Request, out verifyOutcome, start ti
 	}
 	t.codes[ci].Add(1)
 	setDirty(&t.dirty)
-	// Rate limiting is the role working as configured, not a sign of attack.
-	if out.Code == contract.CodeRateLimited {
+	// Rate limits and quotas are the role working as configured, not a
+	// sign of attack.
+	if out.Code == contract.CodeRateLimited || out.Code == contract.CodeQuotaExceeded {
 		return
 	}
 	if n := t.failures.add(win); n >= int64(cfg.TenantFailureThreshold) && t.failures.fire(win) {

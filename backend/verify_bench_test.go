@@ -22,15 +22,27 @@ type benchMount struct {
 	sums [][32]byte
 }
 
-var benchMounts = map[int]*benchMount{}
+var benchMounts = map[benchKind]*benchMount{}
+
+type benchKind struct {
+	n     int
+	quota bool
+}
 
 // benchPopulation builds a mount holding n keys of tenant acme. Records go
 // straight to storage and cache (the issue path's own cost is not what
 // these benchmarks measure), and are reused across sub-benchmarks.
-func benchPopulation(tb testing.TB, n int) *benchMount {
-	if m, ok := benchMounts[n]; ok {
+func benchPopulation(tb testing.TB, n int) *benchMount { return benchPopulationOf(tb, benchKind{n: n}) }
+
+// benchQuota is the quota of the keys of a quota population: one no
+// benchmark run exhausts.
+var benchQuota = &contract.QuotaRule{Limit: contract.MaxQuota, Period: contract.PeriodMonth}
+
+func benchPopulationOf(tb testing.TB, kind benchKind) *benchMount {
+	if m, ok := benchMounts[kind]; ok {
 		return m
 	}
+	n := kind.n
 	b, s := newTestBackend(tb)
 	setupAcme(tb, b, s)
 	ctx := context.Background()
@@ -53,6 +65,9 @@ func benchPopulation(tb testing.TB, n int) *benchMount {
 			CreatedAt: created, ExpiresAt: created.Add(24 * time.Hour),
 			locator: b.cache.locate(key),
 		}
+		if kind.quota {
+			e.Quota = benchQuota
+		}
 		if err := b.putKeyRecord(ctx, m.s, e); err != nil {
 			tb.Fatal(err)
 		}
@@ -70,7 +85,7 @@ func benchPopulation(tb testing.TB, n int) *benchMount {
 	for i, k := range m.keys {
 		m.keys[i], off = buf[off:off+len(k)], off+len(k)
 	}
-	benchMounts[n] = m
+	benchMounts[kind] = m
 	return m
 }
 
@@ -86,18 +101,21 @@ func BenchmarkVerify(bb *testing.B) {
 		if _, err := m.b.verify(ctx, m.s, &contract.Request{APIKey: m.keys[0]}, time.Now()); err != nil {
 			bb.Fatal(err)
 		}
-		bb.Run(fmt.Sprintf("warm/%dk", n/1000), func(b *testing.B) {
+		// warm verifies every key of m in turn, each answer VALID (and
+		// under a quota when quota).
+		warm := func(b *testing.B, m *benchMount, quota bool) {
 			now := time.Now()
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				in := contract.Request{APIKey: m.keys[i%n], RequiredScopes: scopes}
 				out, err := m.b.verify(ctx, m.s, &in, now)
-				if err != nil || out.Code != contract.CodeValid {
-					b.Fatalf("%v %s", err, out.Code)
+				if err != nil || out.Code != contract.CodeValid || quota != (out.Quota.Limit != 0) {
+					b.Fatalf("%v %s %+v", err, out.Code, out.Quota)
 				}
 			}
-		})
+		}
+		bb.Run(fmt.Sprintf("warm/%dk", n/1000), func(b *testing.B) { warm(b, m, false) })
 		// The gradient between the sizes: the same 1M-key index, with only
 		// some of its keys verified (their slots fit the CPU caches).
 		for _, w := range []int{10_000, 100_000} {
@@ -114,6 +132,18 @@ func BenchmarkVerify(bb *testing.B) {
 					}
 				}
 			})
+		}
+		if n == 10_000 {
+			// The same with a quota on every key: one compare-and-swap on
+			// the key's counter, found through the cached key.
+			qm := benchPopulationOf(bb, benchKind{n: n, quota: true})
+			// Warm: every key has met its counters once.
+			for _, k := range qm.keys {
+				if _, err := qm.b.verify(ctx, qm.s, &contract.Request{APIKey: k}, time.Now()); err != nil {
+					bb.Fatal(err)
+				}
+			}
+			bb.Run(fmt.Sprintf("warm-quota/%dk", n/1000), func(b *testing.B) { warm(b, qm, true) })
 		}
 		bb.Run(fmt.Sprintf("cold/%dk", n/1000), func(b *testing.B) {
 			now := time.Now()

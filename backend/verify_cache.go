@@ -229,6 +229,11 @@ func (b *backend) lookupKey(ctx context.Context, s logical.Storage, loc uint64, 
 	if err != nil {
 		return verifySlot{}, err
 	}
+	// Every cached key of a role with a quota holds its counters, so
+	// verify never reads storage for them.
+	if err := b.attachKeyQuota(ctx, s, k); err != nil {
+		return verifySlot{}, err
+	}
 	k.loc = loc
 	b.cache.putKey(k)
 	return k.slot(), nil
@@ -247,6 +252,10 @@ func (b *backend) lookupTenant(ctx context.Context, s logical.Storage, name stri
 	}
 	t, err := readTenant(ctx, s, name)
 	if err != nil || t == nil {
+		return nil, err
+	}
+	// The quota verify spends against is the cached record's.
+	if err := b.attachTenantQuota(ctx, s, t); err != nil {
 		return nil, err
 	}
 	b.cache.putTenant(t)

@@ -122,6 +122,7 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 	create("tenants/acme/roles/office", map[string]interface{}{"scopes": "read", "ttl": "1h", "allowed_cidrs": "10.0.0.0/8,2001:db8::/32"})
 	create("tenants/acme/roles/limited", map[string]interface{}{"ttl": "1h", "rate_limit": 2, "rate_limit_period": "1h"})
 	create("tenants/acme/roles/short", map[string]interface{}{"ttl": "1m"})
+	create("tenants/acme/roles/metered", map[string]interface{}{"ttl": "48h", "quota": 2, "quota_period": "day"})
 	web := issue("acme", "web", map[string]interface{}{"name": "ci", "metadata": "owner=ops"})
 	narrow := issue("acme", "web", map[string]interface{}{"scopes": "read"})
 	office := issue("acme", "office", nil)
@@ -129,6 +130,7 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 	short := issue("acme", "short", nil)
 	parkedResp := write("tenants/acme/creds/office", nil)
 	parked, parkedID := parkedResp.Data["api_key"].(string), parkedResp.Data["key_id"].(string)
+	metered := issue("acme", "metered", nil)
 	revokedResp := write("tenants/acme/creds/web", nil)
 	revoked := revokedResp.Data["api_key"].(string)
 	b.do(t, s, logical.DeleteOperation, "tenants/acme/keys/"+revokedResp.Data["key_id"].(string), nil)
@@ -144,6 +146,11 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 	globex := globexResp.Data["api_key"].(string)
 	write("tenants/globex", map[string]interface{}{"status": contract.TenantSuspended})
 	staticID := b.do(t, s, logical.ReadOperation, "tenants/acme/static-creds/app", nil).Data["key_id"].(string)
+	create("tenants/initech", map[string]interface{}{"quota": 1, "quota_period": "week"})
+	create("tenants/initech/roles/web", map[string]interface{}{"ttl": "48h"})
+	capped := issue("initech", "web", nil)
+	// The next UTC midnight, when the day's quota is whole again.
+	nextDay := start.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour).Sub(start)
 
 	srv := serveMount(t, b, s, "apikeys")
 	cfg := api.DefaultConfig()
@@ -156,8 +163,9 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 	e, err := edge.New(edge.Config{
 		Client: client, Mount: "apikeys", Now: clock.Now,
 		// The clock is moved by hand below; the edge must not go stale
-		// for it.
-		Staleness: 24 * time.Hour, PollWait: time.Second,
+		// for it. Nor report its quota use to the plugin meanwhile: each
+		// side counts what it answered itself.
+		Staleness: 24 * time.Hour, PollWait: time.Second, UsageInterval: time.Hour,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -227,6 +235,13 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 		{"static, parked", setStatus("acme", staticID, keyStatusDisabled), contract.Request{APIKey: current}, 11 * time.Minute, contract.CodeDisabled},
 		{"static, parked and past its grace: expiry first", nil, contract.Request{APIKey: previous}, 11 * time.Minute, contract.CodeExpired},
 		{"static, enabled again", setStatus("acme", staticID, keyStatusActive), contract.Request{APIKey: current}, 11 * time.Minute, contract.CodeValid},
+		{"within quota", nil, contract.Request{APIKey: metered}, 11 * time.Minute, contract.CodeValid},
+		{"a refused request spends none of it", nil, contract.Request{APIKey: metered, RequiredScopes: []string{"admin"}}, 11 * time.Minute, contract.CodeInsufficientScope},
+		{"the last of the quota", nil, contract.Request{APIKey: metered}, 11 * time.Minute, contract.CodeValid},
+		{"over quota", nil, contract.Request{APIKey: metered}, 11 * time.Minute, contract.CodeQuotaExceeded},
+		{"tenant-wide quota", nil, contract.Request{APIKey: capped}, 11 * time.Minute, contract.CodeValid},
+		{"over the tenant's quota", nil, contract.Request{APIKey: capped}, 11 * time.Minute, contract.CodeQuotaExceeded},
+		{"quota, the next day", nil, contract.Request{APIKey: metered}, nextDay, contract.CodeValid},
 	}
 	for _, c := range cases {
 		if c.before != nil {
@@ -240,6 +255,9 @@ func TestPluginAndEdgeAnswerAlike(t *testing.T) {
 		}
 		if plugin.Code != c.want {
 			t.Errorf("%s: plugin answered %s, want %s", c.name, plugin.Code, c.want)
+		}
+		if strings.Contains(c.name, "quota") && (plugin.QuotaResetsAt == nil || plugin.Valid && plugin.QuotaRemaining == nil) {
+			t.Errorf("%s: the answer says nothing of the quota: %+v", c.name, plugin)
 		}
 		pj, _ := json.Marshal(plugin)
 		ej, _ := json.Marshal(fromEdge)

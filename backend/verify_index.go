@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 )
 
 // verifySlot is one 64-byte line of the verify index: everything the verify
@@ -47,7 +49,11 @@ type keyProfile struct {
 	disabled                        bool
 	rateLimit                       int
 	ratePeriod                      time.Duration
+	quota                           contract.QuotaRule // the keys' own; Limit 0 none
 	metadata                        map[string]string
+	// tenantMeter is the tenant's quota counters (quota.go), found on the
+	// first verify of one of the profile's keys.
+	tenantMeter atomic.Pointer[quotaMeter]
 
 	id   string // canonical form: the intern key
 	refs int    // cached keys using it; guarded by verifyCache.pmu
@@ -76,17 +82,27 @@ func newKeyProfile(e *keyEntry, cidrs []netip.Prefix) *keyProfile {
 	put(strconv.FormatBool(e.Disabled))
 	put(strconv.Itoa(e.RateLimit))
 	put(strconv.FormatInt(int64(e.RateLimitPeriod), 10))
+	if e.Quota != nil {
+		put(strconv.FormatInt(e.Quota.Limit, 10))
+		put(e.Quota.Period.String())
+	} else {
+		put("")
+	}
 	put(strconv.Itoa(len(e.Metadata)))
 	for _, k := range slices.Sorted(maps.Keys(e.Metadata)) {
 		put(k)
 		put(e.Metadata[k])
 	}
-	return &keyProfile{
+	p := &keyProfile{
 		tenant: e.Tenant, role: e.Role, environment: e.Environment, kind: e.Kind,
 		scopes: nonNilSlice(e.Scopes), cidrs: cidrs, disabled: e.Disabled,
 		rateLimit: e.RateLimit, ratePeriod: e.RateLimitPeriod,
 		metadata: nonNilMap(e.Metadata), id: id.String(),
 	}
+	if e.Quota != nil && e.Quota.Applies() {
+		p.quota = *e.Quota
+	}
+	return p
 }
 
 // keyIndex is an open-addressing hash table (linear probing, backward-shift

@@ -127,16 +127,26 @@ func (f *edgeFixture) metric(name string, labels ...string) float64 {
 
 func startEdge(t *testing.T, e *engine, staleness time.Duration) *edgeFixture {
 	t.Helper()
+	return startEdgeWith(t, e, staleness, nil)
+}
+
+// startEdgeWith is startEdge with the edge's config changed by tune first.
+func startEdgeWith(t *testing.T, e *engine, staleness time.Duration, tune func(*edge.Config)) *edgeFixture {
+	t.Helper()
 	c, err := srv.Client.Clone()
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.SetToken(gatewayToken(t, e.mount))
-	ed, err := edge.New(edge.Config{
+	cfg := edge.Config{
 		Client: c, Mount: e.mount, Staleness: staleness, PollWait: time.Second, UsageInterval: time.Second,
 		Logger:   hclog.New(&hclog.LoggerOptions{Name: "edge", Level: hclog.Warn, Output: os.Stderr}),
 		Registry: prometheus.NewRegistry(),
-	})
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	ed, err := edge.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

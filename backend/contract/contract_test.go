@@ -211,8 +211,18 @@ func TestAnswerDataMatchesJSON(t *testing.T) {
 }
 
 func TestPagesDataMatchJSON(t *testing.T) {
-	snap := SnapshotPage{Seq: 3, VerifierKey: "c2VjcmV0", Keys: []*WireKey{{EdgeHash: "ab", KeyID: "k"}}, Next: "n", Tenants: map[string]string{"acme": TenantActive}}
-	changes := ChangesPage{Changes: []*Change{{Seq: 4, Op: OpDelete, KeyID: "k"}}, Seq: 4, Head: 9}
+	day := &QuotaRule{Limit: 5, Period: PeriodDay}
+	standing := &QuotaStanding{Tenant: "acme", KeyID: "k", PeriodStart: 86400, Used: 2, Credit: 1}
+	snap := SnapshotPage{
+		Seq: 3, VerifierKey: "c2VjcmV0", Keys: []*WireKey{{EdgeHash: "ab", KeyID: "k", Quota: day}}, Next: "n",
+		Tenants: map[string]string{"acme": TenantActive}, TenantQuotas: map[string]QuotaRule{"acme": *day},
+		Quotas: []*QuotaStanding{standing},
+	}
+	changes := ChangesPage{Changes: []*Change{
+		{Seq: 4, Op: OpDelete, KeyID: "k"},
+		{Seq: 5, Op: OpTenant, Tenant: "acme", TenantStatus: TenantActive, TenantQuota: day},
+		{Seq: 6, Op: OpQuota, Quotas: []*QuotaStanding{standing}},
+	}, Seq: 6, Head: 9}
 	for _, c := range []struct {
 		page interface{}
 		data map[string]interface{}

@@ -25,38 +25,50 @@ type WireKey struct {
 	InGrace         bool              `json:"in_grace"`
 	// Disabled: parked by its owner; the edge answers DISABLED (Decide).
 	Disabled bool `json:"disabled,omitempty"`
+	// Quota is the key's own quota (its role's at issue); nil: none.
+	Quota *QuotaRule `json:"quota,omitempty"`
 }
 
 // Change operations.
 const (
 	OpUpsert = "upsert" // Key is new or changed
 	OpDelete = "delete" // KeyID is gone
-	OpTenant = "tenant" // Tenant's status is TenantStatus (TenantDeleted: gone)
+	OpTenant = "tenant" // Tenant's status is TenantStatus (TenantDeleted: gone), its quota TenantQuota
+	// OpQuota: Quotas say where quotas stand on the active node, one
+	// change per usage flush (and one per manual refill), not per request.
+	OpQuota = "quota"
 )
 
 // Change is one write that matters to an edge. Deletes name the key id
 // only: revoke paths do not read the record first, and an edge maps ids to
 // its hashes itself.
 type Change struct {
-	Seq          uint64    `json:"seq"`
-	Op           string    `json:"op"`
-	Key          *WireKey  `json:"key,omitempty"`
-	KeyID        string    `json:"key_id,omitempty"`
-	Tenant       string    `json:"tenant,omitempty"`
-	TenantStatus string    `json:"tenant_status,omitempty"`
-	At           time.Time `json:"at"`
+	Seq          uint64   `json:"seq"`
+	Op           string   `json:"op"`
+	Key          *WireKey `json:"key,omitempty"`
+	KeyID        string   `json:"key_id,omitempty"`
+	Tenant       string   `json:"tenant,omitempty"`
+	TenantStatus string   `json:"tenant_status,omitempty"`
+	// TenantQuota comes with OpTenant: the tenant's quota, nil for none.
+	TenantQuota *QuotaRule `json:"tenant_quota,omitempty"`
+	// Quotas comes with OpQuota.
+	Quotas []*QuotaStanding `json:"quotas,omitempty"`
+	At     time.Time        `json:"at"`
 }
 
 // SnapshotPage is one page of sync/snapshot. Seq is the feed position the
 // snapshot starts from; Next the cursor of the following page ("" on the
-// last); VerifierKey (base64) comes on every page, Tenants on the first
-// (after="") only.
+// last); VerifierKey (base64) comes on every page, Tenants and
+// TenantQuotas on the first (after="") only. Quotas says where the quotas
+// of the page's keys stand, and on the first page its tenants' too.
 type SnapshotPage struct {
-	Seq         uint64            `json:"seq"`
-	VerifierKey string            `json:"verifier_key"`
-	Keys        []*WireKey        `json:"keys"`
-	Next        string            `json:"next"`
-	Tenants     map[string]string `json:"tenants,omitempty"`
+	Seq          uint64               `json:"seq"`
+	VerifierKey  string               `json:"verifier_key"`
+	Keys         []*WireKey           `json:"keys"`
+	Next         string               `json:"next"`
+	Tenants      map[string]string    `json:"tenants,omitempty"`
+	TenantQuotas map[string]QuotaRule `json:"tenant_quotas,omitempty"`
+	Quotas       []*QuotaStanding     `json:"quotas,omitempty"`
 }
 
 // Data is the page as Vault's response data.
@@ -69,6 +81,12 @@ func (p *SnapshotPage) Data() map[string]interface{} {
 	}
 	if p.Tenants != nil {
 		d["tenants"] = p.Tenants
+	}
+	if p.TenantQuotas != nil {
+		d["tenant_quotas"] = p.TenantQuotas
+	}
+	if p.Quotas != nil {
+		d["quotas"] = p.Quotas
 	}
 	return d
 }
@@ -99,4 +117,20 @@ type UsageReport struct {
 	UpstreamLatencyMsSum float64 `json:"upstream_latency_ms_sum,omitempty"`
 	UpstreamLatencyMsMax float64 `json:"upstream_latency_ms_max,omitempty"`
 	LastUsedAt           int64   `json:"last_used_at,omitempty"` // unix seconds
+	// QuotaUsed of the requests spent the key's own quota in the period
+	// starting at QuotaPeriodStart (unix seconds); TenantQuotaUsed spent
+	// its tenant's quota in the period starting at TenantQuotaPeriodStart.
+	// An edge sends them; the active node counts them only in the period
+	// it is in itself.
+	QuotaPeriodStart       int64 `json:"quota_period_start,omitempty"`
+	QuotaUsed              int64 `json:"quota_used,omitempty"`
+	TenantQuotaPeriodStart int64 `json:"tenant_quota_period_start,omitempty"`
+	TenantQuotaUsed        int64 `json:"tenant_quota_used,omitempty"`
+}
+
+// UsageReportAnswer is the part of usage/report's answer an edge reads:
+// where the quotas of the reported keys (and their tenants) stand on the
+// active node, the report just counted included.
+type UsageReportAnswer struct {
+	Quotas []*QuotaStanding `json:"quotas"`
 }

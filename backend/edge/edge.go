@@ -184,19 +184,26 @@ func (e *Edge) verify(ctx context.Context, r *Request) (Answer, string, error) {
 	sum := h.Sum(r.APIKey)
 	k := s.byHash[sum]
 	var status string
+	var tq *tenantQuota
 	if k != nil {
 		status = s.tenants[k.w.Tenant]
+		if len(s.tenantQuotas) > 0 {
+			tq = s.tenantQuotas[k.w.Tenant]
+		}
 	}
 	s.mu.RUnlock()
 	if k == nil || !keyformat.Equal(k.hash, sum) {
 		a, err := e.fallthroughVerify(ctx, r, sum)
 		return a, "vault", err
 	}
-	// The tenant's status was read with the key, under one lock, so the
-	// decision sees the two from the same moment of the feed.
-	v, err := contract.Decide(ctx, edgeStore{status: status}, r, &k.facts, k, now)
+	// The tenant's status (and quota) was read with the key, under one
+	// lock, so the decision sees them from the same moment of the feed.
+	v, err := contract.Decide(ctx, edgeStore{status: status, tq: tq}, r, &k.facts, k, now)
 	if err != nil {
 		return Answer{}, "", err
+	}
+	if v.Code == contract.CodeQuotaExceeded {
+		e.m.quotaExceeded.WithLabelValues(k.w.Tenant).Inc()
 	}
 	if v.Code != contract.CodeValid {
 		a := contract.Refusal(v.Code)
@@ -215,17 +222,21 @@ func (e *Edge) verify(ctx context.Context, r *Request) (Answer, string, error) {
 }
 
 // edgeStore is the verify contract's Store over the edge's memory: the
-// tenant status read with the key, and the key's own token bucket (per
-// edge, as the plugin's are per Vault node).
-type edgeStore struct{ status string }
+// tenant status and quota read with the key, the key's own token bucket
+// (per edge, as the plugin's are per Vault node) and its quota (what the
+// cluster used, as this edge knows it: quota.go).
+type edgeStore struct {
+	status string
+	tq     *tenantQuota
+}
 
 func (st edgeStore) TenantStatus(context.Context, string) (string, error) { return st.status, nil }
 
-func (edgeStore) Spend(k *key, now time.Time) (string, contract.Quota) {
+func (st edgeStore) Spend(k *key, now time.Time) (string, contract.Quota) {
 	if k.limiter != nil && !k.limiter.AllowN(now, 1) {
 		return contract.CodeRateLimited, contract.Quota{}
 	}
-	return "", contract.Quota{}
+	return spendQuota(k, st.tq, now)
 }
 
 // fallthroughVerify asks Vault about a key the edge does not hold: one

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -44,6 +45,9 @@ type HTTPOptions struct {
 	// last X-Forwarded-For entry (the one the gateway appended), instead
 	// of the connection's peer. Set it only when the peer is the gateway.
 	TrustForwarded bool
+	// Now is the clock Retry-After is counted by; nil is time.Now (an
+	// Edge's Handler uses the edge's clock).
+	Now func() time.Time
 }
 
 func (o HTTPOptions) withDefaults() HTTPOptions {
@@ -52,6 +56,9 @@ func (o HTTPOptions) withDefaults() HTTPOptions {
 	}
 	if o.TenantHeader == "" {
 		o.TenantHeader = DefaultTenantHeader
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	return o
 }
@@ -67,7 +74,8 @@ func AnswerFrom(ctx context.Context) (Answer, bool) {
 // Middleware lets only requests with a VALID key through to next, with the
 // answer in the request context (AnswerFrom). Refusals get 401 (missing,
 // malformed, unknown, expired key, suspended tenant), 403 (scope, IP), 429
-// (rate limit) or 503 (edge stale or Vault unreachable), with the code in
+// (rate limit; quota, with Retry-After: the seconds until it is whole
+// again) or 503 (edge stale or Vault unreachable), with the code in
 // X-Apikeys-Code.
 func Middleware(v Verifier, opts HTTPOptions) func(http.Handler) http.Handler {
 	opts = opts.withDefaults()
@@ -75,6 +83,9 @@ func Middleware(v Verifier, opts HTTPOptions) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			a, status := check(v, opts, r)
 			setHeaders(w.Header(), a)
+			if status == http.StatusTooManyRequests {
+				setRetryAfter(w.Header(), a, opts.Now())
+			}
 			if status != http.StatusOK {
 				writeJSON(w, status, a)
 				return
@@ -131,6 +142,14 @@ func setHeaders(h http.Header, a Answer) {
 	}
 }
 
+// setRetryAfter tells a client refused with 429 when to come back
+// (RetryAfter: the seconds to quota_resets_at, or 1 for the rate limit).
+func setRetryAfter(h http.Header, a Answer, now time.Time) {
+	if ra := RetryAfter(a, now); ra != "" {
+		h.Set("Retry-After", ra)
+	}
+}
+
 func writeJSON(w http.ResponseWriter, status int, v interface{}) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -141,6 +160,9 @@ func writeJSON(w http.ResponseWriter, status int, v interface{}) {
 // Handler serves /check (any method: nginx auth_request, Envoy ext_authz
 // HTTP, Traefik forwardAuth), /healthz and /metrics.
 func (e *Edge) Handler(opts HTTPOptions) http.Handler {
+	if opts.Now == nil {
+		opts.Now = func() time.Time { return e.now() }
+	}
 	mux := http.NewServeMux()
 	check := checkEndpoint(Middleware(e, opts)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a, _ := AnswerFrom(r.Context())

@@ -17,7 +17,8 @@ type metrics struct {
 	usageReported *prometheus.CounterVec
 	// all is every collector above and the gauges of newMetrics, for a
 	// registry other than the edge's own (Collector).
-	all []prometheus.Collector
+	all           []prometheus.Collector
+	quotaExceeded *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, e *Edge) *metrics {
@@ -62,8 +63,12 @@ func newMetrics(reg *prometheus.Registry, e *Edge) *metrics {
 			Name: "apikeys_edge_usage_reports_total",
 			Help: "Per-key usage entries sent to usage/report, by result (ok, error: kept for the next report).",
 		}, []string{"result"}),
+		quotaExceeded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "apikeys_edge_quota_exceeded_total",
+			Help: "QUOTA_EXCEEDED answers given from memory, by tenant (the key's own quota or its tenant's).",
+		}, []string{"tenant"}),
 	}
-	m.all = []prometheus.Collector{m.usageReported, m.verifications, m.vaultVerify, m.negativeHits, m.unavailable, m.resyncs,
+	m.all = []prometheus.Collector{m.usageReported, m.quotaExceeded, m.verifications, m.vaultVerify, m.negativeHits, m.unavailable, m.resyncs,
 		m.syncErrors, m.changes, m.seq, m.lastSync,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "apikeys_edge_stale",

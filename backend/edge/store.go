@@ -31,6 +31,13 @@ type key struct {
 	// used and lastUsed (unix seconds) feed usage/report (usage.go).
 	used     atomic.Uint64
 	lastUsed atomic.Int64
+
+	// quota is the key's own quota (nil: none) and qs what this edge
+	// knows of it (quota.go); tenantSpent is what this key spent of its
+	// tenant's quota here and has not had acknowledged.
+	quota       *contract.QuotaRule
+	qs          contract.QuotaState
+	tenantSpent contract.Meter
 }
 
 // markUsed stores lastUsed only when the second changes, so concurrent
@@ -66,6 +73,10 @@ func newKey(w *contract.WireKey) (*key, error) {
 	w.Scopes = slices.Clone(w.Scopes)
 	slices.Sort(w.Scopes)
 	k.facts.Scopes = w.Scopes
+	if w.Quota != nil && w.Quota.Applies() {
+		q := *w.Quota
+		k.quota = &q
+	}
 	if w.RateLimit > 0 && w.RateLimitPeriod > 0 {
 		// Per edge, as the plugin's limits are per Vault node.
 		k.limiter = rate.NewLimiter(rate.Limit(float64(w.RateLimit)/float64(w.RateLimitPeriod)), w.RateLimit)
@@ -81,19 +92,23 @@ type store struct {
 	byHash  map[[32]byte]*key
 	byID    map[string][32]byte
 	tenants map[string]string
-	seq     uint64
-	loaded  bool
+	// tenantQuotas holds the tenants with a quota (quota.go).
+	tenantQuotas map[string]*tenantQuota
+	seq          uint64
+	loaded       bool
 }
 
 func newStore() *store {
-	return &store{byHash: map[[32]byte]*key{}, byID: map[string][32]byte{}, tenants: map[string]string{}}
+	return &store{byHash: map[[32]byte]*key{}, byID: map[string][32]byte{}, tenants: map[string]string{}, tenantQuotas: map[string]*tenantQuota{}}
 }
 
 // replace swaps in a freshly loaded snapshot in one step, so verification
-// never sees half of one.
+// never sees half of one. What this edge counted of quotas carries over.
 func (s *store) replace(n *store) {
 	s.mu.Lock()
+	carryQuotas(s, n)
 	s.hasher, s.byHash, s.byID, s.tenants, s.seq, s.loaded = n.hasher, n.byHash, n.byID, n.tenants, n.seq, true
+	s.tenantQuotas = n.tenantQuotas
 	s.mu.Unlock()
 }
 
@@ -104,6 +119,7 @@ func (s *store) upsertLocked(k *key) {
 	if prev, ok := s.byHash[k.hash]; ok {
 		k.used.Add(prev.used.Swap(0))
 		k.lastUsed.Store(prev.lastUsed.Load())
+		carryKeyQuota(k, prev)
 	}
 	// Keep the bucket across updates (a renew), so a renew does not refill it.
 	if prev, ok := s.byHash[k.hash]; ok && prev.limiter != nil && k.limiter != nil &&
@@ -149,6 +165,9 @@ func (s *store) apply(changes []*contract.Change, seq uint64) error {
 			s.deleteLocked(c.KeyID)
 		case contract.OpTenant:
 			s.setTenantLocked(c.Tenant, c.TenantStatus)
+			s.setTenantQuotaLocked(c.Tenant, c.TenantQuota)
+		case contract.OpQuota:
+			s.learnLocked(c.Quotas)
 		default:
 			return fmt.Errorf("change %d: unknown op %q", c.Seq, c.Op)
 		}

@@ -103,6 +103,9 @@ func (e *Edge) loadSnapshot(ctx context.Context) error {
 			for t, st := range p.Tenants {
 				n.tenants[t] = st
 			}
+			for t, r := range p.TenantQuotas {
+				n.setTenantQuotaLocked(t, &r)
+			}
 			first = false
 		}
 		for _, w := range p.Keys {
@@ -112,6 +115,7 @@ func (e *Edge) loadSnapshot(ctx context.Context) error {
 			}
 			n.upsertLocked(k)
 		}
+		n.learnLocked(p.Quotas)
 		if p.Next == "" {
 			break
 		}

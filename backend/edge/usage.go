@@ -34,12 +34,17 @@ func (e *Edge) startUsageReports(ctx context.Context) func() {
 
 func (e *Edge) collectUsage() []contract.UsageReport {
 	s := e.store
+	now := e.now()
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var out []contract.UsageReport
 	for _, k := range s.byHash {
-		if n := k.used.Swap(0); n > 0 {
-			out = append(out, contract.UsageReport{Tenant: k.w.Tenant, KeyID: k.w.KeyID, Requests: n, LastUsedAt: k.lastUsed.Load()})
+		u := contract.UsageReport{Tenant: k.w.Tenant, KeyID: k.w.KeyID, Requests: k.used.Swap(0), LastUsedAt: k.lastUsed.Load()}
+		// Quota use not yet acknowledged goes again until it is: a
+		// report lost on the way must not be lost from the quota.
+		quotaReport(&u, k, s.tenantQuotas[k.w.Tenant], now)
+		if u.Requests > 0 || u.QuotaUsed > 0 || u.TenantQuotaUsed > 0 {
+			out = append(out, u)
 		}
 	}
 	return out
@@ -64,7 +69,8 @@ func (e *Edge) reportUsage(ctx context.Context) {
 		n := min(len(entries), contract.MaxUsageReports)
 		batch := entries[:n]
 		entries = entries[n:]
-		if err := e.sendUsage(ctx, batch); err != nil {
+		answer, err := e.sendUsage(ctx, batch)
+		if err != nil {
 			e.m.usageReported.WithLabelValues("error").Add(float64(len(batch)))
 			e.log.Warn("usage report failed; kept for the next one", "entries", len(batch), "error", err)
 			e.giveBack(batch)
@@ -72,16 +78,27 @@ func (e *Edge) reportUsage(ctx context.Context) {
 			return
 		}
 		e.m.usageReported.WithLabelValues("ok").Add(float64(len(batch)))
+		e.store.acknowledged(batch, answer.Quotas)
 	}
 }
 
-func (e *Edge) sendUsage(ctx context.Context, batch []contract.UsageReport) error {
+// sendUsage reports batch and returns the quota standings Vault answered.
+func (e *Edge) sendUsage(ctx context.Context, batch []contract.UsageReport) (contract.UsageReportAnswer, error) {
+	var answer contract.UsageReportAnswer
 	reports := make([]interface{}, len(batch))
 	for i, u := range batch {
 		reports[i] = u
 	}
-	if _, err := e.client.Logical().WriteWithContext(ctx, e.cfg.Mount+"/usage/report", map[string]interface{}{"reports": reports}); err != nil {
-		return fmt.Errorf("write usage/report: %w", err)
+	sec, err := e.client.Logical().WriteWithContext(ctx, e.cfg.Mount+"/usage/report", map[string]interface{}{"reports": reports})
+	if err != nil {
+		return answer, fmt.Errorf("write usage/report: %w", err)
 	}
-	return nil
+	if sec != nil {
+		if err := remarshal(sec.Data, &answer); err != nil {
+			// Counted by Vault all the same; the edge learns the totals
+			// from the feed instead.
+			e.log.Warn("usage/report answer unreadable", "error", err)
+		}
+	}
+	return answer, nil
 }

@@ -106,6 +106,7 @@ func run(log hclog.Logger, args []string) error {
 	listen := fs.String("listen", env("EDGE_LISTEN", "127.0.0.1:8089"), "listen address of /check, /healthz, /metrics (EDGE_LISTEN)")
 	staleness := fs.Duration("staleness", envDuration("EDGE_STALENESS", 30*time.Second), "serve from memory this long without a sync, then fail closed (EDGE_STALENESS)")
 	pollWait := fs.Duration("poll-wait", envDuration("EDGE_POLL_WAIT", 10*time.Second), "long-poll wait of the change feed (EDGE_POLL_WAIT)")
+	usageInterval := fs.Duration("usage-interval", envDuration("EDGE_USAGE_INTERVAL", 10*time.Second), "how often use is reported to Vault, quota use included: it bounds how far edges can overshoot a quota together (EDGE_USAGE_INTERVAL)")
 	negTTL := fs.Duration("negative-ttl", envDuration("EDGE_NEGATIVE_TTL", 30*time.Second), "how long a NOT_FOUND from Vault is cached (EDGE_NEGATIVE_TTL)")
 	keyHeader := fs.String("key-header", env("EDGE_KEY_HEADER", ""), "header holding the key, read before Authorization: Bearer (EDGE_KEY_HEADER), e.g. X-Api-Key")
 	grpcListen := fs.String("grpc-listen", env("EDGE_GRPC_LISTEN", ""), "listen address of Envoy's ext_authz gRPC Check (EDGE_GRPC_LISTEN); off when empty")
@@ -138,7 +139,7 @@ func run(log hclog.Logger, args []string) error {
 	}
 	e, err := edge.New(edge.Config{
 		Client: client, Mount: *mount, AppRoleMount: *approleMount, RoleID: strings.TrimSpace(*roleID), SecretID: secretID,
-		Staleness: *staleness, PollWait: *pollWait, NegativeTTL: *negTTL, Logger: log,
+		Staleness: *staleness, PollWait: *pollWait, NegativeTTL: *negTTL, UsageInterval: *usageInterval, Logger: log,
 	})
 	if err != nil {
 		return err
