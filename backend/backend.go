@@ -115,6 +115,7 @@ func newBackend() *backend {
 			b.pathConfigMonitoring(),
 			b.pathNotifications(),
 			b.pathTidy(),
+			b.pathLeaks(),
 			b.pathConfig(),
 			b.pathVerify(),
 			b.pathQuota(),

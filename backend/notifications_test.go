@@ -163,7 +163,7 @@ func TestEveryEventTypeReachesTheWebhookSigned(t *testing.T) {
 	b.do(t, s, logical.UpdateOperation, "config/monitoring", map[string]interface{}{"tenant_failure_threshold": 5, "anomaly_window": "1h"})
 
 	// key-issued, then key-expiring (1h TTL inside a 2h warning window).
-	_, id, _ := setupAcme(t, b, s)
+	key, id, _ := setupAcme(t, b, s)
 	issued := h.waitEvents(notify.KeyIssued, 1)[0]
 	if issued.Tenant != "acme" || issued.Data["key_id"] != id || issued.Data["kind"] != kindDynamic || issued.Data["role"] != "web" {
 		t.Fatalf("key-issued %+v", issued)
@@ -194,6 +194,15 @@ func TestEveryEventTypeReachesTheWebhookSigned(t *testing.T) {
 	b.do(t, s, logical.UpdateOperation, "tenants/acme/keys/"+id, map[string]interface{}{"status": "disabled"})
 	if up := h.waitEvents(notify.KeyUpdated, 1)[0]; up.Data["key_id"] != id || up.Data["hint"] != hint || up.Data["status"] != "disabled" || fmt.Sprint(up.Data["changed"]) != "[status]" {
 		t.Fatalf("key-updated %+v", up)
+	}
+
+	// key-leaked: a scanner reports the key; notify leaves it be.
+	b.do(t, s, logical.UpdateOperation, "config", map[string]interface{}{"leak_action": "notify"})
+	b.do(t, s, logical.UpdateOperation, "leaks/report", map[string]interface{}{"reports": []interface{}{
+		map[string]interface{}{"token": key, "url": "https://github.com/o/r/blob/abc/f", "source": "content"},
+	}})
+	if lk := h.waitEvents(notify.KeyLeaked, 1)[0]; lk.Data["key_id"] != id || lk.Data["hint"] != hint || lk.Data["action"] != "notify" || lk.Data["source"] != "content" {
+		t.Fatalf("key-leaked %+v", lk)
 	}
 
 	// key-revoked.

@@ -27,10 +27,13 @@ type mountConfig struct {
 	// (tenant_guard.go).
 	EnforceEntityTenant bool     `json:"enforce_entity_tenant"`
 	PlatformAdminGroups []string `json:"platform_admin_groups"`
+	// LeakAction is what leaks/report does to a key it matches: revoke,
+	// disable or notify.
+	LeakAction string `json:"leak_action"`
 }
 
 func defaultConfig() *mountConfig {
-	return &mountConfig{KeyPrefix: defaultKeyPrefix, ExpiryWarning: defaultExpiryWarning}
+	return &mountConfig{KeyPrefix: defaultKeyPrefix, ExpiryWarning: defaultExpiryWarning, LeakAction: leakRevoke}
 }
 
 func (b *backend) pathConfig() []*framework.Path {
@@ -68,6 +71,12 @@ func (b *backend) pathConfig() []*framework.Path {
 			"platform_admin_groups": {
 				Type:        framework.TypeCommaStringSlice,
 				Description: "Names of Vault identity groups whose member entities may use every tenant's paths while enforce_entity_tenant is on (platform administrators).",
+			},
+			"leak_action": {
+				Type:          framework.TypeString,
+				Description:   "What leaks/report does to a key a secret scanner reports: revoke it (as keys/<key_id> delete), disable it (as keys/<key_id> status=disabled), or notify (the key-leaked event only). Each raises key-leaked.",
+				Default:       leakRevoke,
+				AllowedValues: []interface{}{leakRevoke, leakDisable, leakNotify},
 			},
 		},
 		ExistenceCheck: b.configExists,
@@ -126,6 +135,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 
 		"enforce_entity_tenant": cfg.EnforceEntityTenant,
 		"platform_admin_groups": nonNilSlice(cfg.PlatformAdminGroups),
+		"leak_action":           cfg.LeakAction,
 	}}, nil
 }
 
@@ -177,6 +187,16 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		// An empty value clears the list.
 		cfg.PlatformAdminGroups = uniqueSorted(v.([]string))
 	}
+	if v, ok, err := d.GetOkErr("leak_action"); err != nil {
+		return fieldError("leak_action", err), nil
+	} else if ok {
+		switch a := v.(string); a {
+		case leakRevoke, leakDisable, leakNotify:
+			cfg.LeakAction = a
+		default:
+			return logical.ErrorResponse("invalid leak_action %q: must be %q, %q or %q", a, leakRevoke, leakDisable, leakNotify), nil
+		}
+	}
 	if cfg.MaxTTL > 0 && cfg.DefaultTTL > cfg.MaxTTL {
 		return logical.ErrorResponse("default_ttl (%s) must not exceed max_ttl (%s)", cfg.DefaultTTL, cfg.MaxTTL), nil
 	}
@@ -212,6 +232,9 @@ Mount-wide settings:
                   and other tokens without an entity, gets 403
   platform_admin_groups  identity groups whose members pass that check for
                   every tenant
+  leak_action     what leaks/report does to a key a secret scanner
+                  reports: revoke (default), disable or notify; each
+                  raises a key-leaked event
 
 TTLs are further capped by the mount's tuned max lease TTL. Reading the
 configuration never returns secret material: the HMAC pepper that protects

@@ -380,8 +380,9 @@ const pathTargetHelpSyn = `Configure a webhook that receives the engine's events
 
 const pathTargetHelpDesc = `
 Every event (key-issued, key-revoked, key-rotated, key-expiring,
-key-updated, rotation-failed, verify-anomaly, tenant-suspended) that passes
-the target's events and tenants filters is POSTed to url as JSON:
+key-updated, key-leaked, rotation-failed, verify-anomaly, tenant-suspended)
+that passes the target's events and tenants filters is POSTed to url as
+JSON:
 
   {"id": "<idempotency id>", "type": "key-revoked", "occurred_at": "...",
    "tenant": "acme", "data": {...}}

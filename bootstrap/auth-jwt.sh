@@ -39,7 +39,7 @@ fi
 "$VAULT" write "auth/$jwt_path/config" jwt_validation_pubkeys=@"$JWT_PUBKEY_FILE" \
   bound_issuer="$issuer" jwt_supported_algs=RS256,ES256 >/dev/null
 
-for tier in tenant-admin tenant-developer gateway gateway-global app; do
+for tier in tenant-admin tenant-developer gateway gateway-global app leak-reporter; do
   "$VAULT" write "auth/$jwt_path/role/$tier" - >/dev/null <<JSON
 {
   "role_type": "jwt",

@@ -509,6 +509,10 @@ func TestNotificationsSurviveVaultRestart(t *testing.T) {
 	// The retry (5 s later) succeeds; then rotations slow down for the rest.
 	testvault.WaitFor(t, 30*time.Second, "the retried rotation", func() bool { return metric("apikeys_rotations_total", "tenant", "acme") >= 2 })
 	v.write("tenants/acme/static-keys/app", map[string]interface{}{"rotation_period": "1h", "grace_period": "10m"})
+	leaked := v.write("tenants/acme/creds/web", map[string]interface{}{})
+	v.write("leaks/report", map[string]interface{}{"reports": []interface{}{
+		map[string]interface{}{"token": str(t, leaked, "api_key"), "url": "https://github.com/o/r/blob/1/f", "source": "content"},
+	}})
 	v.write("tenants/acme/keys/"+str(t, k, "key_id"), map[string]interface{}{"status": "disabled"})
 	write(t, v.client, "sys/leases/revoke", map[string]interface{}{"lease_id": k.LeaseID})
 	v.write("tenants/acme", map[string]interface{}{"status": "suspended"})

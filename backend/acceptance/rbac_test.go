@@ -97,6 +97,7 @@ var tierAllowsOwnTenant = map[string][]string{
 // tierAllowsGlobal: the global paths a tier may use.
 var tierAllowsGlobal = map[string][]string{
 	"gateway-global": {"verify update", "verify read", "usage/report update", "sync/snapshot read", "sync/changes read"},
+	"leak-reporter":  {"leaks/report update"},
 }
 
 const platformAdmin = "platform-admin"
@@ -411,6 +412,25 @@ func probes() []probe {
 				}
 				return nil
 			}},
+		// A secret scanner reports a key it found: a key of its own, so
+		// that the revoke leaves the standing key alone.
+		{name: "leaks/report update", path: "leaks/report", op: "update",
+			body: func(fx *fixture, _ string) map[string]interface{} {
+				a := fx.do(http.MethodGet, "tenants/acme/creds/web", nil)
+				return map[string]interface{}{"reports": []interface{}{
+					map[string]interface{}{"token": a.data["api_key"], "type": "apikeys", "url": "https://github.com/o/r/blob/1/f", "source": "content"},
+				}}
+			},
+			check: func(_ *fixture, _ string, a answer) error {
+				res, _ := a.data["results"].([]interface{})
+				if len(res) != 1 {
+					return fmt.Errorf("leak report: %v", a.data)
+				}
+				if r, _ := res[0].(map[string]interface{}); r["status"] != "matched" || r["tenant"] != "acme" || r["action"] != "revoke" {
+					return fmt.Errorf("leak report result: %v", r)
+				}
+				return nil
+			}},
 		{name: "config/monitoring read", path: "config/monitoring", op: "read"},
 		{name: "config/monitoring update", path: "config/monitoring", op: "update", body: body(map[string]interface{}{})},
 		{name: "metrics read", path: "metrics", op: "read", check: func(_ *fixture, _ string, a answer) error {
@@ -448,7 +468,7 @@ func newMatrix(t *testing.T) *matrix {
 		m.identities = append(m.identities, identity{tier: tier, login: login, token: token})
 	}
 	// userpass: the tenant (and the app's static key) on the entity.
-	tiers := []string{platformAdmin, "tenant-admin", "tenant-developer", "gateway", "gateway-global", "app", "none"}
+	tiers := []string{platformAdmin, "tenant-admin", "tenant-developer", "gateway", "gateway-global", "app", "leak-reporter", "none"}
 	tokens := in.users(
 		userSpec{"platform-admin", "-", in.adminGroup, nil},
 		userSpec{"acme-admin", in.policy("apikeys-tenant-admin"), "", []string{"tenant=acme"}},
@@ -456,6 +476,8 @@ func newMatrix(t *testing.T) *matrix {
 		userSpec{"acme-gw", in.policy("apikeys-gateway"), "", []string{"tenant=acme"}},
 		userSpec{"edge-gw", in.policy("apikeys-gateway-global"), "", nil},
 		userSpec{"acme-app", in.policy("apikeys-app"), "", []string{"tenant=acme", "static_key=checkout"}},
+		// A secret scanner's relay: no tenant, since its reports span them.
+		userSpec{"leak-scanner", in.policy("apikeys-leak-reporter"), "", nil},
 		// A login of acme with no tier policy: the tenant alone grants
 		// nothing.
 		userSpec{"acme-nobody", "-", "", []string{"tenant=acme"}},
@@ -464,12 +486,12 @@ func newMatrix(t *testing.T) *matrix {
 		add(tier, "userpass", tokens[i])
 	}
 	// JWT: the tenant (and static key) from claims, through claim_mappings.
-	for _, tier := range []string{"tenant-admin", "tenant-developer", "gateway", "gateway-global", "app"} {
+	for _, tier := range []string{"tenant-admin", "tenant-developer", "gateway", "gateway-global", "app", "leak-reporter"} {
 		extra := []string{"tenant=acme"}
 		if tier == "app" {
 			extra = append(extra, "static_key=checkout")
 		}
-		if tier == "gateway-global" {
+		if tier == "gateway-global" || tier == "leak-reporter" {
 			extra = nil
 		}
 		token, err := in.jwtLogin(tier, jwtClaims("jwt-"+tier+"-"+in.mount, tier, extra...))

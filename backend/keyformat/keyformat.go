@@ -259,6 +259,17 @@ func Parse(key string) (Parts, bool) {
 	return Parts{Prefix: prefix, Environment: env}, true
 }
 
+// ScannerPattern is the regular expression a secret scanner needs to find
+// this package's keys in text (GitHub's partner program asks for one): the
+// shape Parse accepts, built from the same limits, between word boundaries
+// so that it does not match inside a longer word. It cannot check the
+// checksum, so it finds candidates; Parse (and so leaks/report) turns away
+// the ones whose checksum fails. "_" is a word character, so a key glued to
+// a preceding word ("x_ak_live_...") is not matched: keys appear after
+// quotes, "=", ":" or spaces.
+var ScannerPattern = fmt.Sprintf(`\b[a-z][a-z0-9]{0,%d}_[a-z][a-z0-9]{0,%d}_[0-9A-Za-z]{%d}\b`,
+	maxPrefixLen-1, maxEnvLen-1, BodyLen+ChecksumLen)
+
 // HintEnds is how many characters of the body a hint shows at each end.
 const HintEnds = 4
 

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"hash/crc32"
 	"math/big"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -541,5 +543,62 @@ func BenchmarkGenerate(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		sinkKey, _ = Generate("ak", "live")
+	}
+}
+
+func TestScannerPatternFindsKeysAndNothingElse(t *testing.T) {
+	re := regexp.MustCompile(ScannerPattern)
+	var keys []string
+	for _, pe := range [][2]string{{"ak", "live"}, {"a", "t"}, {"acme2", "test"}, {"abcdefghijklmnop", "production"}} {
+		for range 50 {
+			keys = append(keys, mustGenerate(t, pe[0], pe[1]))
+		}
+	}
+	for _, k := range keys {
+		// Where keys turn up: alone, quoted, in an assignment, a header,
+		// a URL query, a YAML value, at the end of a line.
+		for _, text := range []string{k, `"` + k + `"`, "API_KEY=" + k + "\n", "X-Api-Key: " + k, "https://x.example/?key=" + k + "&a=1", "key: '" + k + "'"} {
+			if got := re.FindAllString(text, -1); len(got) != 1 || got[0] != k {
+				t.Fatalf("in %q the pattern finds %q, want the key", text, got)
+			}
+		}
+	}
+	k := keys[0]
+	tail := k[len("ak_live_"):]
+	for name, miss := range map[string]string{
+		"body one short":           k[:len(k)-1],
+		"body one long":            k + "0",
+		"upper-case prefix":        "AK_live_" + tail,
+		"prefix starts with digit": "1ak_live_" + tail,
+		"prefix of 17":             strings.Repeat("a", 17) + "_live_" + tail,
+		"environment of 11":        "ak_" + strings.Repeat("e", 11) + "_" + tail,
+		"no environment":           "ak_" + tail,
+		"dash in body":             "ak_live_" + tail[:10] + "-" + tail[11:],
+		"glued to a word":          "x_" + k,
+		"glued to base62":          k + "Z",
+		"uuid":                     "0b5a2f1e-8c3d-4b6a-9e7f-1a2b3c4d5e6f",
+	} {
+		if got := re.FindAllString(miss, -1); len(got) != 0 {
+			t.Errorf("%s: the pattern finds %q in %q", name, got, miss)
+		}
+	}
+	// The pattern cannot check the checksum: Parse does.
+	bad := k[:len(k)-1] + map[bool]string{true: "1", false: "0"}[k[len(k)-1] == '0']
+	if !re.MatchString(bad) {
+		t.Fatal("a key with a bad checksum no longer matches: the pattern checks more than its doc says")
+	}
+	if _, ok := Parse(bad); ok {
+		t.Fatal("Parse accepted a bad checksum")
+	}
+}
+
+// The pattern the docs give scanners is this one.
+func TestScannerPatternIsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/security.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(doc), "`"+ScannerPattern+"`") {
+		t.Fatalf("docs/security.md does not give the scanner pattern `%s`", ScannerPattern)
 	}
 }

@@ -25,13 +25,14 @@ const (
 	KeyRotated      = "key-rotated"
 	KeyExpiring     = "key-expiring"
 	KeyUpdated      = "key-updated"
+	KeyLeaked       = "key-leaked"
 	RotationFailed  = "rotation-failed"
 	VerifyAnomaly   = "verify-anomaly"
 	TenantSuspended = "tenant-suspended"
 )
 
 // Types lists every event type, for filters and their validation.
-var Types = []string{KeyIssued, KeyRevoked, KeyRotated, KeyExpiring, KeyUpdated, RotationFailed, VerifyAnomaly, TenantSuspended}
+var Types = []string{KeyIssued, KeyRevoked, KeyRotated, KeyExpiring, KeyUpdated, KeyLeaked, RotationFailed, VerifyAnomaly, TenantSuspended}
 
 // ValidType reports whether t is one of Types.
 func ValidType(t string) bool { return slices.Contains(Types, t) }
