@@ -45,37 +45,10 @@ pin=$(
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/vault-plugin-secrets-apikeys/caddy-$version-$pin"
 bin="$cache/caddy"
 
-if [ -x "$bin" ]; then
-  echo "$bin"
-  exit 0
-fi
-
-mkdir -p "$cache"
-# One build at a time per machine: parallel `make test` runs wait for it.
-exec 9>"$cache.lock"
-if ! flock -w 1800 9; then
-  echo "timed out waiting for another Caddy build ($cache.lock)" >&2
-  exit 1
-fi
-if [ ! -x "$bin" ]; then
-  {
-    echo "==> Building Caddy $version with the apikeys handler into $cache"
-    echo "    (once per machine and source change: ~4 min cold on 2 cores, seconds when only the handler changed)"
-  } >&2
-  start=$(date +%s)
-  tmp="$cache/caddy.tmp.$$"
-  (
-    cd "$mod"
-    while sleep 30; do printf '    ... still building Caddy (%ss)\n' $(( $(date +%s) - start )) >&2; done &
-    ticker=$!
-    trap 'kill $ticker 2>/dev/null || true' EXIT
-    # go.mod and go.sum are complete and committed: a readonly build never
-    # rewrites them (which would change the hash above).
-    CGO_ENABLED=0 go build -mod=readonly -trimpath -o "$tmp" .
-  ) >&2
-  mv "$tmp" "$bin"
-  echo "==> Caddy $version built in $(( $(date +%s) - start ))s: $bin" >&2
-fi
+# shellcheck source=SCRIPTDIR/cached-build.sh
+. "$here/cached-build.sh"
+cached_go_build "Caddy $version with the apikeys handler" "$bin" "$mod" . 1800 \
+  "once per machine and source change: ~6 min cold on 2 cores, ~2 min with a warm module cache, seconds when only the handler changed"
 # Builds of older sources are left behind: a clone on another branch may
 # still want them, and each is ~50 MB.
 echo "$bin"

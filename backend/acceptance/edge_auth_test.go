@@ -2,12 +2,10 @@ package acceptance
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,22 +71,7 @@ func runEdge(t *testing.T, e *engine, cfg edge.Config) (*edgeFixture, *syncBuffe
 	cfg.Mount = e.mount
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "edge", Level: hclog.Info, Output: io.MultiWriter(os.Stderr, logs)})
 	cfg.Registry = prometheus.NewRegistry()
-	ed, err := edge.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := ed.Run(ctx); err != nil {
-			t.Errorf("edge run: %v", err)
-		}
-	}()
-	hs := httptest.NewServer(ed.Handler(edge.HTTPOptions{}))
-	t.Cleanup(func() { hs.Close(); cancel(); <-done })
-	testvault.WaitFor(t, 10*time.Second, "the edge to load its snapshot", func() bool { return !ed.Stale() })
-	return &edgeFixture{t: t, e: e, ed: ed, srv: hs}, logs
+	return launchEdge(t, e, cfg), logs
 }
 
 // waitTokenDead waits until Vault refuses tok, its TTL run out.

@@ -146,6 +146,13 @@ func startEdgeWith(t *testing.T, e *engine, staleness time.Duration, tune func(*
 	if tune != nil {
 		tune(&cfg)
 	}
+	return launchEdge(t, e, cfg)
+}
+
+// launchEdge runs an edge made from cfg until the test ends, serves its
+// /check, and waits for its first snapshot.
+func launchEdge(t *testing.T, e *engine, cfg edge.Config) *edgeFixture {
+	t.Helper()
 	ed, err := edge.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -160,9 +167,8 @@ func startEdgeWith(t *testing.T, e *engine, staleness time.Duration, tune func(*
 	}()
 	hs := httptest.NewServer(ed.Handler(edge.HTTPOptions{}))
 	t.Cleanup(func() { hs.Close(); cancel(); <-done })
-	f := &edgeFixture{t: t, e: e, ed: ed, srv: hs}
 	testvault.WaitFor(t, 10*time.Second, "the edge to load its snapshot", func() bool { return !ed.Stale() })
-	return f
+	return &edgeFixture{t: t, e: e, ed: ed, srv: hs}
 }
 
 func TestEdgeVerifiesFromMemoryAndFollowsVault(t *testing.T) {
