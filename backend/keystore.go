@@ -78,16 +78,22 @@ type keyPointer struct {
 // is read-only once the cache holds it (the cache swaps in the shared
 // profile when it stores it).
 type cachedKey struct {
+	// The first 64 bytes are what verify reads past the key's slot (its
+	// rate limit and quota): one cache line.
+	profile *keyProfile
+	keyID   string
+	// quota is the key's quota counters (its meter's state), set before
+	// the cache holds a key whose role has a quota (attachKeyQuota): the
+	// one field that changes once the cached key exists.
+	quota atomic.Pointer[contract.QuotaState]
+	// ownQuota holds the counters when this is the first cached key to
+	// meet its meter (quotaTracker.key); a later one points at those.
+	ownQuota contract.QuotaState
+	inGrace  bool
+
 	hash      [32]byte
-	expiresAt int64 // unix nanoseconds; 0 never
-	profile   *keyProfile
-	keyID     string
-	inGrace   bool
+	expiresAt int64  // unix nanoseconds; 0 never
 	loc       uint64 // verifyCache.locate of the plaintext; 0 unknown
-	// meter is the key's quota counters (quota.go), set by the first
-	// verify of a key whose role has a quota: the one field that changes
-	// once the cache holds the key.
-	meter atomic.Pointer[quotaMeter]
 }
 
 func newCachedKey(e *keyEntry, hash [32]byte) (*cachedKey, error) {

@@ -185,13 +185,10 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *contract.Re
 		return verifyOutcome{Code: contract.CodeNotFound}, nil
 	}
 	p := k.profile
-	// A key with a quota holds its counters (attached when it was cached):
-	// start loading them now, so they arrive while the tenant is read.
-	if p.quota.Limit > 0 {
-		if m := k.key.meter.Load(); m != nil {
-			prefetch(unsafe.Pointer(m))
-		}
-	}
+	// The cached key's first line (rate limit and quota counters, see
+	// cachedKey) is read by Spend: start loading it now, so it arrives
+	// while the tenant is read.
+	prefetch(unsafe.Pointer(k.key))
 	f := contract.Key{Tenant: p.tenant, ExpiresAt: k.expiresAt, Disabled: p.disabled, Scopes: p.scopes, CIDRs: p.cidrs}
 	v, err := contract.Decide(ctx, pluginStore{b: b, s: s}, in, &f, k.key, now)
 	if err != nil {

@@ -51,8 +51,12 @@ type quotaRecord struct {
 // quotaMeter is one quota's counters on this node: a key's (keyID set) or
 // a tenant's. A key's rule never changes; a tenant's follows its record.
 type quotaMeter struct {
-	// state, which every verify of the key spends on, comes first.
-	state contract.QuotaState
+	// state is what verify spends on. A key's lives in the first cached
+	// key that met the meter (cachedKey.ownQuota), in the cache line verify
+	// reads anyway, so a quota costs verify no memory access of its own; a
+	// tenant's, and that of a key only an edge's report has met, is own.
+	state *contract.QuotaState
+	own   contract.QuotaState
 	// reload asks the next load to merge the stored standing again:
 	// another node wrote it (Invalidate).
 	reload atomic.Bool
@@ -136,8 +140,9 @@ func (q *quotaTracker) shard(id string) *quotaShard {
 	return &q.shards[maphash.String(q.seed, id)%quotaShardCount]
 }
 
-// key returns the meter of a key, creating it (with rule) on first use.
-func (q *quotaTracker) key(tenant, id string, rule contract.QuotaRule, hash [32]byte) *quotaMeter {
+// key returns the meter of a key, creating it (with rule) on first use,
+// its counters in store when that is not nil (see quotaMeter.state).
+func (q *quotaTracker) key(tenant, id string, rule contract.QuotaRule, hash [32]byte, store *contract.QuotaState) *quotaMeter {
 	sh := q.shard(id)
 	sh.mu.RLock()
 	m := sh.byID[id]
@@ -151,6 +156,10 @@ func (q *quotaTracker) key(tenant, id string, rule contract.QuotaRule, hash [32]
 		return m
 	}
 	m = &quotaMeter{tenant: tenant, keyID: id, hash: hash}
+	m.state = &m.own
+	if store != nil {
+		m.state = store
+	}
 	m.rule.Store(&rule)
 	sh.byID[id] = m
 	return m
@@ -186,6 +195,7 @@ func (q *quotaTracker) tenant(name string) *quotaMeter {
 		return m
 	}
 	m := &quotaMeter{tenant: name}
+	m.state = &m.own
 	next := maps.Clone(old)
 	next[name] = m
 	q.tenants.Store(&next)
@@ -289,17 +299,14 @@ func (b *backend) attachKeyQuota(ctx context.Context, s logical.Storage, k *cach
 	if p.quota.Limit == 0 {
 		return nil
 	}
-	m := k.meter.Load()
-	if m == nil {
-		m = b.quotas.key(p.tenant, k.keyID, p.quota, k.hash)
-	}
+	m := b.quotas.key(p.tenant, k.keyID, p.quota, k.hash, &k.ownQuota)
 	m.mu.Lock()
 	err := m.load(ctx, s)
 	m.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	k.meter.Store(m)
+	k.quota.Store(m.state)
 	return nil
 }
 
@@ -320,7 +327,9 @@ func (b *backend) attachTenantQuota(ctx context.Context, s logical.Storage, t *t
 		m.rule.Store(nil)
 		return nil
 	case !had || old.Period != rule.Period:
-		m.state = contract.QuotaState{}
+		m.state.Spent.Reset()
+		m.state.Known.Reset()
+		m.state.Credit.Reset()
 		m.loaded = false
 		m.flushed = [2]meterWord{}
 	}
@@ -332,10 +341,7 @@ func (b *backend) attachTenantQuota(ctx context.Context, s logical.Storage, t *t
 // before Decide (attachKeyQuota), and its tenant's.
 func (b *backend) spendQuota(k *cachedKey, now time.Time) (string, contract.Quota) {
 	p := k.profile
-	var ks *contract.QuotaState
-	if m := k.meter.Load(); m != nil {
-		ks = &m.state
-	}
+	ks := k.quota.Load()
 	tm := p.tenantMeter.Load()
 	if tm == nil {
 		tm = b.quotas.tenant(p.tenant)
@@ -348,7 +354,7 @@ func (b *backend) spendQuota(k *cachedKey, now time.Time) (string, contract.Quot
 	var trule contract.QuotaRule
 	var ts *contract.QuotaState
 	if tr != nil {
-		trule, ts = *tr, &tm.state
+		trule, ts = *tr, tm.state
 	}
 	code, q := contract.TakeQuota(now, p.quota, ks, trule, ts)
 	if code == contract.CodeQuotaExceeded {
@@ -403,7 +409,7 @@ func (b *backend) reportQuota(ctx context.Context, s logical.Storage, tenant, id
 			return nil, nil, err
 		}
 		if rec != nil && rec.Tenant == tenant && rec.Quota != nil && rec.Quota.Applies() {
-			km = b.quotas.key(tenant, id, *rec.Quota, *hash)
+			km = b.quotas.key(tenant, id, *rec.Quota, *hash, nil)
 		}
 	}
 	if km != nil {
@@ -531,7 +537,7 @@ func (b *backend) edgeQuotas(ctx context.Context, s logical.Storage, st []*contr
 func (b *backend) refillKeyQuota(ctx context.Context, s logical.Storage, e *keyEntry, reset bool, add int64, now time.Time) (*contract.QuotaStanding, error) {
 	rule := *e.Quota
 	hash, _ := parseHash(e.Hash)
-	m := b.quotas.key(e.Tenant, e.KeyID, rule, hash)
+	m := b.quotas.key(e.Tenant, e.KeyID, rule, hash, nil)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.load(ctx, s); err != nil {
