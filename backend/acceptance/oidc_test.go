@@ -119,7 +119,7 @@ func anonymous(t *testing.T) *api.Client {
 	return c
 }
 
-var errEmptyAuthURL = errors.New("Vault gave an empty auth_url")
+var errEmptyAuthURL = errors.New("empty auth_url from Vault")
 
 // authURL asks Vault for the provider's URL, as the portal does.
 func (o *oidcInstall) authURL(redirect string) (string, error) {
