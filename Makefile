@@ -27,10 +27,15 @@ FUZZTIME    ?= 30s
 BENCHTIME   ?= 1s
 LEASE_KEYS  ?= 20000
 
-.PHONY: build dev test test-ha lint fmt vault caddy tools bench fuzz dev-smoke lease-cost release
+.PHONY: build devidp dev test test-ha lint fmt vault caddy tools bench fuzz dev-smoke lease-cost release
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
+
+# The stand-in OpenID Connect provider make dev signs people in through
+# (scripts/devidp).
+devidp:
+	go build -trimpath -o bin/apikeys-devidp ./scripts/devidp
 
 # The pinned Vault server, built once per machine (see scripts/vault.sh).
 vault: tools
@@ -46,7 +51,7 @@ caddy:
 tools:
 	@bash scripts/ensure-tools.sh
 
-dev: build vault
+dev: build devidp vault
 	@PLUGIN_VERSION=$(VERSION) bash scripts/dev.sh
 
 # -v: the integration tests log the figures they measure (agent render lag,
@@ -87,7 +92,7 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./backend/keyformat/
 	go test -run '^$$' -fuzz '^FuzzVerifyRequest$$' -fuzztime $(FUZZTIME) ./backend/
 
-dev-smoke: build vault
+dev-smoke: build devidp vault
 	@PLUGIN_VERSION=$(VERSION) bash scripts/dev-smoke.sh
 
 lease-cost: vault

@@ -23,7 +23,9 @@ import (
 
 // entityTenantKey is the metadata key that names the caller's tenant, on the
 // entity (set by operators) or on one of its aliases (set by an auth method,
-// e.g. a JWT role's claim_mappings, or by operators as custom_metadata).
+// e.g. the claim_mappings of a JWT role or of the oidc role people sign in
+// through, or by operators as custom_metadata). Any alias counts, whatever
+// its mount: the bootstrap policies read the JWT and the OIDC alias alike.
 const entityTenantKey = "tenant"
 
 // tenantCapture is the name of the path capture that holds the tenant.

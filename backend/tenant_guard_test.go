@@ -33,9 +33,17 @@ func (v identityView) GroupsForEntity(id string) ([]*logical.Group, error) {
 
 // Entities of the guard tests, by id.
 var guardEntities = map[string]*logical.Entity{
-	"acme-entity":  {ID: "acme-entity", Metadata: map[string]string{"tenant": "acme"}},
-	"acme-jwt":     {ID: "acme-jwt", Aliases: []*logical.Alias{{MountAccessor: "auth_jwt_1", Metadata: map[string]string{"tenant": "acme", "role": "tenant-admin"}}}},
-	"acme-custom":  {ID: "acme-custom", Aliases: []*logical.Alias{{MountAccessor: "auth_userpass_1", CustomMetadata: map[string]string{"tenant": "acme"}}}},
+	"acme-entity": {ID: "acme-entity", Metadata: map[string]string{"tenant": "acme"}},
+	"acme-jwt":    {ID: "acme-jwt", Aliases: []*logical.Alias{{MountAccessor: "auth_jwt_1", Metadata: map[string]string{"tenant": "acme", "role": "tenant-admin"}}}},
+	"acme-custom": {ID: "acme-custom", Aliases: []*logical.Alias{{MountAccessor: "auth_userpass_1", CustomMetadata: map[string]string{"tenant": "acme"}}}},
+	// An OIDC sign-in (bootstrap/auth-oidc.sh): the oidc mount's alias
+	// carries the tenant claim, beside an older alias of another mount.
+	"acme-oidc": {ID: "acme-oidc", Aliases: []*logical.Alias{
+		{MountAccessor: "auth_userpass_1", Metadata: map[string]string{}},
+		{MountAccessor: "auth_oidc_1", Metadata: map[string]string{"tenant": "acme", "email": "ada@acme.example", "role": "portal"}},
+	}},
+	"oidc-plus":    {ID: "oidc-plus", Aliases: []*logical.Alias{{MountAccessor: "auth_oidc_1", Metadata: map[string]string{"tenant": "+", "role": "portal"}}}},
+	"oidc-admin":   {ID: "oidc-admin", Aliases: []*logical.Alias{{MountAccessor: "auth_oidc_1", Metadata: map[string]string{"role": "portal"}}}},
 	"plus-claim":   {ID: "plus-claim", Aliases: []*logical.Alias{{MountAccessor: "auth_jwt_1", Metadata: map[string]string{"tenant": "+"}}}},
 	"star-claim":   {ID: "star-claim", Metadata: map[string]string{"tenant": "*"}},
 	"no-tenant":    {ID: "no-tenant", Metadata: map[string]string{"team": "acme"}},
@@ -47,6 +55,9 @@ var guardEntities = map[string]*logical.Entity{
 var guardGroups = map[string][]*logical.Group{
 	"admin":        {{ID: "g1", Name: "apikeys-platform-admins"}},
 	"other-groups": {{ID: "g2", Name: "acme-developers"}},
+	// Vault's GroupsForEntity lists inherited groups too: the OIDC tier
+	// group is a member of the platform admins' group.
+	"oidc-admin": {{ID: "g3", Name: "apikeys-platform-admin-via-oidc"}, {ID: "g1", Name: "apikeys-platform-admins"}},
 }
 
 // newGuardBackend is a backend whose system view knows guardEntities, with
@@ -139,6 +150,9 @@ func TestGuardDecisions(t *testing.T) {
 		{"entity metadata", "acme-entity", true, false},
 		{"JWT alias metadata", "acme-jwt", true, false},
 		{"alias custom metadata", "acme-custom", true, false},
+		{"OIDC alias metadata", "acme-oidc", true, false},
+		{"policy glob as OIDC tenant claim", "oidc-plus", false, false},
+		{"OIDC platform admin through the nested group", "oidc-admin", true, true},
 		{"policy glob as tenant claim", "plus-claim", false, false},
 		{"star as tenant", "star-claim", false, false},
 		{"entity without tenant", "no-tenant", false, false},

@@ -7,13 +7,16 @@
 #   3. the mount, tuned from mount-tune.json: audit entries show key_id,
 #      tenant, role and the like in clear while keys (api_key) stay HMAC'd
 #   4. auth: userpass for people, JWT for an identity provider
-#   5. the tier policies (policies/*.hcl, rendered by policies.sh)
-#   6. the platform admins' identity group, holding apikeys-platform-admin
-#   7. the mount config of the tenant guard: enforce_entity_tenant and
+#   5. the platform admins' identity group, holding apikeys-platform-admin
+#   6. OIDC sign-in for people (the portal, vault login -method=oidc), when
+#      OIDC_DISCOVERY_URL is set (auth-oidc.sh)
+#   7. the tier policies (policies/*.hcl, rendered by policies.sh)
+#   8. the mount config of the tenant guard: enforce_entity_tenant and
 #      platform_admin_groups
 #
 # Needs VAULT_ADDR, a VAULT_TOKEN allowed to do all of that (root, or an
-# operator token with sudo), the vault CLI, and openssl for JWT_DEV_IDP_DIR.
+# operator token with sudo), the vault CLI, openssl for JWT_DEV_IDP_DIR and
+# jq for OIDC.
 #
 #   PLUGIN_BIN             plugin binary (its SHA-256 is registered); it must
 #                          already sit in Vault's plugin_directory
@@ -30,6 +33,11 @@
 #                          one-machine setups; mint tokens with mint-jwt.sh.
 #                          Neither set: no JWT auth
 #   JWT_ISSUER, JWT_AUDIENCE  see auth-jwt.sh
+#   OIDC_DISCOVERY_URL     issuer URL of an OpenID Connect provider for
+#                          people's sign-in (make dev: the stand-in
+#                          scripts/devidp); unset: no OIDC auth
+#   OIDC_PATH, OIDC_CLIENT_ID, OIDC_CLIENT_SECRET_FILE, OIDC_ROLE,
+#   PORTAL_URL             see auth-oidc.sh
 #   POLICY_PREFIX          prefix of the policy names (default none)
 #   PLATFORM_ADMIN_GROUP   identity group of platform admins (default
 #                          apikeys-platform-admins)
@@ -113,11 +121,17 @@ if [ -n "${JWT_PUBKEY_FILE:-}" ]; then
   JWT_PUBKEY_FILE=$JWT_PUBKEY_FILE POLICY_PREFIX=$prefix "$here/auth-jwt.sh"
 fi
 
-APIKEYS_MOUNT=$mount POLICY_PREFIX=$prefix "$here/policies.sh"
-
+# Before OIDC: its platform admins' group becomes a member of this one.
 "$VAULT" write "identity/group/name/$admin_group" type=internal \
   policies="${prefix}apikeys-platform-admin" >/dev/null
 echo "identity group $admin_group holds ${prefix}apikeys-platform-admin"
+
+if [ -n "${OIDC_DISCOVERY_URL:-}" ]; then
+  POLICY_PREFIX=$prefix PLATFORM_ADMIN_GROUP=$admin_group "$here/auth-oidc.sh"
+fi
+
+# After the auth mounts: the policies name their accessors.
+APIKEYS_MOUNT=$mount POLICY_PREFIX=$prefix "$here/policies.sh"
 
 "$VAULT" write "$mount/config" enforce_entity_tenant="$enforce" platform_admin_groups="$admin_group" >/dev/null
 echo "tenant guard: enforce_entity_tenant=$enforce, platform_admin_groups=$admin_group"

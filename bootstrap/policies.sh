@@ -6,6 +6,8 @@
 #   JWT_ACCESSOR              becomes the accessor of the JWT auth mount at
 #                             JWT_PATH; without that mount it stays, and the
 #                             blocks using it grant nothing
+#   OIDC_ACCESSOR             the same for the oidc auth mount at OIDC_PATH
+#                             (people signing in through OIDC, auth-oidc.sh)
 #
 # The acceptance tests run this very script against their own mounts, so what
 # they prove holds for what bootstrap installs. Needs VAULT_ADDR and a
@@ -13,6 +15,7 @@
 #
 #   APIKEYS_MOUNT   mount path of the engine (default apikeys)
 #   JWT_PATH        path of the JWT auth method (default jwt)
+#   OIDC_PATH       path of the oidc auth method (default oidc)
 #   POLICY_PREFIX   prefix of the policy names (default none)
 set -euo pipefail
 
@@ -22,6 +25,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 mount=${APIKEYS_MOUNT:-apikeys}
 jwt_path=${JWT_PATH:-jwt}
+oidc_path=${OIDC_PATH:-oidc}
 prefix=${POLICY_PREFIX:-}
 
 # The mount goes into a sed replacement and into policy paths: plain names only.
@@ -30,15 +34,18 @@ if ! [[ $mount =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$ ]];
   exit 1
 fi
 
-accessor=""
-if mounted auth "$jwt_path"; then
-  accessor=$("$VAULT" read -field=accessor "sys/auth/$jwt_path")
-fi
-
 render=(-e "s#\"apikeys/#\"$mount/#g" -e "s#/apikeys/#/$mount/#g")
-if [ -n "$accessor" ]; then
-  render+=(-e "s#JWT_ACCESSOR#$accessor#g")
-fi
+# accessor <placeholder> <auth path>: render the placeholder as that mount's
+# accessor, if the mount exists.
+accessor() {
+  local acc
+  if mounted auth "$2"; then
+    acc=$("$VAULT" read -field=accessor "sys/auth/$2")
+    render+=(-e "s#$1#$acc#g")
+  fi
+}
+accessor JWT_ACCESSOR "$jwt_path"
+accessor OIDC_ACCESSOR "$oidc_path"
 
 for file in "$here"/policies/*.hcl; do
   name=$prefix$(basename "$file" .hcl)

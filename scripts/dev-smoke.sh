@@ -3,7 +3,7 @@
 # ready; pastes the export lines and the "Try:" commands it printed into a
 # new shell that has nothing else (env -i, a minimal PATH without Vault)
 # and checks that the mount answers and the catalog shows the plugin's
-# version; then stops it with Ctrl-C (SIGINT) and checks that nothing is
+# version, and that the oidc role leads to the stand-in provider; then stops it with Ctrl-C (SIGINT) and checks that nothing is
 # left behind.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,9 +55,16 @@ out=$(fresh "$try") || fail "$out" "the printed commands fail in a new shell"
 grep -q 'key_prefix' <<<"$out" || fail "$out" "vault read apikeys/config showed no key_prefix"
 grep -q "vault-plugin-secrets-apikeys *$PLUGIN_VERSION" <<<"$out" || fail "$out" "the catalog does not list $PLUGIN_VERSION"
 echo "dev-smoke: the printed exports and commands work in a new shell: apikeys/config answers and the catalog lists $PLUGIN_VERSION"
+# OIDC sign-in: Vault's portal role sends people to the stand-in provider.
+idp="http://127.0.0.1:$((port + 2))"
+out=$(fresh 'vault write -field=auth_url auth/oidc/oidc/auth_url role=portal redirect_uri=http://127.0.0.1:8300/auth/oidc/callback') ||
+  fail "$out" "the oidc portal role gives no auth_url"
+[[ $out == "$idp/authorize?"* ]] || fail "$out" "the oidc auth_url does not lead to the stand-in provider at $idp"
+echo "dev-smoke: the oidc portal role leads to the stand-in identity provider"
 
 kill -INT -- "-$pid"
 for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
 if kill -0 "$pid" 2>/dev/null; then echo "dev-smoke: make dev ignored Ctrl-C" >&2; exit 1; fi
 if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "dev-smoke: Vault still listening after Ctrl-C" >&2; exit 1; fi
+if (exec 3<>"/dev/tcp/127.0.0.1/$((port + 2))") 2>/dev/null; then echo "dev-smoke: the identity provider still listening after Ctrl-C" >&2; exit 1; fi
 echo "dev-smoke: stopped cleanly"

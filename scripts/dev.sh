@@ -2,11 +2,17 @@
 # `make dev`: a Vault dev server on loopback with the freshly built plugin
 # registered, mounted at apikeys/ and bootstrapped (bootstrap/apply.sh: audit
 # device, tier policies, userpass and JWT auth with a stand-in identity
-# provider; bootstrap/demo.sh: tenants acme and globex and demo logins).
-# Runs until Ctrl-C, then stops Vault and removes its files.
+# provider, OIDC sign-in through the stand-in OpenID Connect provider
+# scripts/devidp; bootstrap/demo.sh: tenants acme and globex and demo logins).
+# Runs until Ctrl-C, then stops Vault and the provider and removes their files.
 #
 #   VAULT_DEV_PORT   listen port (default 8200; the next port is Vault's
 #                    cluster port and must be free too)
+#   DEVIDP_PORT      the stand-in OIDC provider's loopback port (default
+#                    VAULT_DEV_PORT + 2)
+#   PORTAL_URL       the portal's public URL: Vault's oidc role and the
+#                    provider allow its callback PORTAL_URL/auth/oidc/callback
+#                    (default http://127.0.0.1:8300, the portal's -listen)
 #   ENFORCE_ENTITY_TENANT  the plugin's tenant guard (default false here, so
 #                    the root token can still use every tenant's paths;
 #                    bootstrap/apply.sh defaults to true)
@@ -24,6 +30,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 plugin_bin=${PLUGIN_BIN:-$root/bin/vault-plugin-secrets-apikeys}
 version=${PLUGIN_VERSION:?PLUGIN_VERSION must be set (make dev sets it)}
 port=${VAULT_DEV_PORT:-8200}
+idp_port=${DEVIDP_PORT:-$((port + 2))}
+portal_url=${PORTAL_URL:-http://127.0.0.1:8300}
+portal_url=${portal_url%/}
+devidp_bin=${DEVIDP_BIN:-$root/bin/apikeys-devidp}
+[ -x "$devidp_bin" ] || { echo "error: $devidp_bin is missing: run make devidp (make dev does)" >&2; exit 1; }
 # One state folder per port, so two dev servers on different ports never
 # take each other for a stale one.
 state=${TMPDIR:-/tmp}/vault-plugin-secrets-apikeys-dev-$(id -u)-$port
@@ -51,7 +62,7 @@ rm -rf "$state"
 mkdir -p "$state/plugins"
 
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$port" "$((port + 1))"; do
+for p in "$port" "$((port + 1))" "$idp_port"; do
   if port_taken "$p"; then
     echo "error: port $p on 127.0.0.1 is already in use by another process." >&2
     echo "       Stop it, or pick other ports: VAULT_DEV_PORT=8300 make dev" >&2
@@ -77,10 +88,12 @@ cleanup() {
   trap '' PIPE
   set +e
   kill -- "-$vault_pid" 2>/dev/null
+  [ -z "${idp_pid:-}" ] || kill -- "-$idp_pid" 2>/dev/null
   for _ in $(seq 50); do kill -0 "$vault_pid" 2>/dev/null || break; sleep 0.2; done
   kill -9 -- "-$vault_pid" 2>/dev/null
+  [ -z "${idp_pid:-}" ] || kill -9 -- "-$idp_pid" 2>/dev/null
   rm -rf "$state"
-  printf '\n==> Vault stopped\n' 2>/dev/null
+  printf '\n==> Vault and the identity provider stopped\n' 2>/dev/null
 }
 trap cleanup INT TERM HUP EXIT
 
@@ -94,10 +107,32 @@ for _ in $(seq 300); do
   sleep 0.2
 done
 
+# The stand-in OpenID Connect provider: its client secret, made here, goes
+# to it and to Vault in a file, never on a command line.
+idp_url="http://127.0.0.1:$idp_port"
+mkdir -p "$state/idp"
+(umask 077 && tr -dc 'A-Za-z0-9' </dev/urandom | head -c 40 >"$state/idp/client-secret") || true
+echo "==> Starting the stand-in OIDC identity provider on $idp_url"
+setsid "$devidp_bin" -listen="127.0.0.1:$idp_port" -issuer="$idp_url" -client-id=vault-apikeys \
+  -client-secret-file="$state/idp/client-secret" \
+  -redirect-uri="$portal_url/auth/oidc/callback" -redirect-uri=http://localhost:8250/oidc/callback \
+  >"$state/devidp.log" 2>&1 &
+idp_pid=$!
+for _ in $(seq 100); do
+  if curl -fsS "$idp_url/.well-known/openid-configuration" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$idp_pid" 2>/dev/null; then
+    echo "error: the identity provider exited during start:" >&2
+    tail -20 "$state/devidp.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+
 echo "==> Bootstrapping"
 enforce=${ENFORCE_ENTITY_TENANT:-false}
 VAULT="$vault_bin" PLUGIN_BIN="$state/plugins/$(basename "$plugin_bin")" PLUGIN_VERSION="$version" \
   AUDIT_FILE="$state/audit.log" JWT_DEV_IDP_DIR="$state/idp" ENFORCE_ENTITY_TENANT="$enforce" \
+  OIDC_DISCOVERY_URL="$idp_url" OIDC_CLIENT_SECRET_FILE="$state/idp/client-secret" PORTAL_URL="$portal_url" \
   "$root/bootstrap/apply.sh"
 echo "==> Demo tenants and logins"
 VAULT="$vault_bin" DEMO_CREDENTIALS="$state/demo-logins" "$root/bootstrap/demo.sh"
@@ -113,6 +148,7 @@ Vault is running with the API keys engine at apikeys/.
 
   vault: $root/bin/vault -> $vault_target
   audit log: $state/audit.log   server log: $state/vault.log
+  identity provider: $idp_url (log: $state/devidp.log)
 
 Try:
   vault read apikeys/config
@@ -130,6 +166,15 @@ Or through the stand-in identity provider (JWT; the tenant comes from a claim):
   export JWT_SIGNING_KEY=$state/idp/signing-key.pem
   export VAULT_TOKEN=\$(vault write -field=token auth/jwt/login role=tenant-admin \\
     jwt="\$($root/bootstrap/mint-jwt.sh sub=alice tenant=acme apikeys_tier=tenant-admin)")
+
+Or sign in with a click through OIDC (the stand-in identity provider
+scripts/devidp: acme's tenant admin, acme's developer, globex's tenant admin
+or the platform admin; no password; the tenant and tier come from its claims):
+  export VAULT_TOKEN=\$(vault login -token-only -method=oidc role=portal)
+  (opens a browser; on a machine without one add skip_browser=true and open
+  the printed URL in a browser on this machine)
+The portal signs in through the same role; its callback is
+$portal_url/auth/oidc/callback (set PORTAL_URL to change it).
 
 Tenant guard (enforce_entity_tenant) is $enforce.$(
   if [ "$enforce" = true ]; then

@@ -6,9 +6,11 @@
 #   - entity metadata "tenant": people and machines whose entity an
 #     operator created with metadata tenant=<name> (bootstrap/users.sh);
 #   - the "tenant" metadata of the caller's JWT alias: the JWT role's
-#     claim_mappings copies the identity provider's tenant claim there.
-# A block whose template cannot be filled (no such metadata, no JWT alias)
-# grants nothing.
+#     claim_mappings copies the identity provider's tenant claim there;
+#   - the same on the caller's OIDC alias (people signing in through the
+#     portal or `vault login -method=oidc`, bootstrap/auth-oidc.sh).
+# A block whose template cannot be filled (no such metadata, no JWT or OIDC
+# alias) grants nothing.
 #
 # Vault pastes the metadata value into the path verbatim: a tenant value of
 # "+" would be a wildcard over every tenant. Only let trusted parties set it,
@@ -26,7 +28,8 @@
 #     tenant by lease prefix is a platform admin's act.
 #
 # bootstrap/policies.sh renders this file: "apikeys/" at the start of a path
-# becomes the mount path, JWT_ACCESSOR the accessor of the JWT auth mount.
+# becomes the mount path, JWT_ACCESSOR and OIDC_ACCESSOR the accessors of
+# the JWT and oidc auth mounts.
 
 # ---- tenant from entity metadata ----
 
@@ -122,5 +125,50 @@ path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/k
   capabilities = ["read"]
 }
 path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/verify" {
+  capabilities = ["read", "update"]
+}
+
+# ---- tenant from the OIDC alias (auth-oidc.sh: claim_mappings tenant=tenant) ----
+
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/roles/" {
+  capabilities = ["list"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/roles/+" {
+  capabilities = ["read"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/creds/+" {
+  capabilities = ["read", "update"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/static-keys/" {
+  capabilities = ["list"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/static-keys/+" {
+  capabilities = ["create", "read", "update", "delete"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/static-keys/+/rotate" {
+  capabilities = ["update"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/static-creds/+" {
+  capabilities = ["read"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/onboard" {
+  capabilities = ["update"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/keys/" {
+  capabilities = ["list"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/keys/+" {
+  capabilities = ["read", "update", "delete"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/usage" {
+  capabilities = ["read"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/usage/history" {
+  capabilities = ["read"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/keys/+/usage/history" {
+  capabilities = ["read"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/verify" {
   capabilities = ["read", "update"]
 }

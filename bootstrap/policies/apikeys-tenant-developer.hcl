@@ -17,11 +17,12 @@
 # revoking is not, so a developer can kill a key they leaked), role and
 # tenant changes.
 #
-# The tenant comes from entity metadata "tenant" or the JWT alias's "tenant"
-# metadata, as in apikeys-tenant-admin.hcl (read its notes on the "+" value
-# and enforce_entity_tenant). bootstrap/policies.sh renders this file:
-# "apikeys/" at the start of a path becomes the mount path, JWT_ACCESSOR the
-# accessor of the JWT auth mount.
+# The tenant comes from entity metadata "tenant" or the JWT or OIDC alias's
+# "tenant" metadata, as in apikeys-tenant-admin.hcl (read its notes on the
+# "+" value and enforce_entity_tenant). bootstrap/policies.sh renders this
+# file: "apikeys/" at the start of a path becomes the mount path,
+# JWT_ACCESSOR and OIDC_ACCESSOR the accessors of the JWT and oidc auth
+# mounts.
 
 # ---- tenant from entity metadata ----
 
@@ -65,5 +66,26 @@ path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/k
   capabilities = ["read", "delete"]
 }
 path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/keys/+/usage/history" {
+  capabilities = ["read"]
+}
+
+# ---- tenant from the OIDC alias (auth-oidc.sh: claim_mappings tenant=tenant) ----
+
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/roles/" {
+  capabilities = ["list"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/roles/+" {
+  capabilities = ["read"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/creds/dev-*" {
+  capabilities = ["read", "update"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/keys/" {
+  capabilities = ["list"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/keys/+" {
+  capabilities = ["read", "delete"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/keys/+/usage/history" {
   capabilities = ["read"]
 }
