@@ -89,9 +89,9 @@ func newInstall(t *testing.T) *install {
 	})
 	runBootstrap(t, "policies.sh", "APIKEYS_MOUNT="+mount, "JWT_PATH="+in.jwtPath, "POLICY_PREFIX="+in.prefix)
 
-	// What apply.sh does after the policies: the platform admins' group
-	// and the guard's settings (enforcement stays off until a test turns
-	// it on).
+	// The rest of what apply.sh sets up: the platform admins' group (it
+	// creates it before the auth mounts, which only name it) and the
+	// guard's settings (enforcement stays off until a test turns it on).
 	write(t, c, "identity/group/name/"+in.adminGroup, map[string]interface{}{
 		"type": "internal", "policies": in.prefix + "apikeys-platform-admin",
 	})
