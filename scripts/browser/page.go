@@ -176,9 +176,9 @@ func (b *Browser) NewPage(opts PageOptions) (*Page, error) {
 		// Clipboard API refuses ("Document is not focused").
 		call(emulation.SetFocusEmulationEnabled, emulation.SetFocusEmulationEnabledParams{Enabled: true}),
 		chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
-			for _, name := range []string{"clipboard-read-write", "clipboard-sanitized-write"} {
+			for _, name := range []string{"clipboard-read", "clipboard-write"} {
 				_, err := chromedp.CallBrowser(ctx, browser.SetPermission, browser.SetPermissionParams{
-					Permission:       &browser.PermissionDescriptor{Name: name, AllowWithoutSanitization: name == "clipboard-read-write"},
+					Permission:       &browser.PermissionDescriptor{Name: name, AllowWithoutSanitization: name == "clipboard-write"},
 					Setting:          browser.PermissionSettingGranted,
 					BrowserContextID: c.BrowserContextID,
 				})
@@ -493,10 +493,15 @@ func (p *Page) Messages() []Message {
 }
 
 // ConsoleErrors are the messages of level error so far: console.error
-// calls, uncaught exceptions, failed loads, CSP refusals.
+// calls, uncaught exceptions, failed loads, CSP refusals. The browser's own
+// unasked request for /favicon.ico is left out: whether it 404s says
+// nothing about the page, and it lands at no fixed time.
 func (p *Page) ConsoleErrors() []Message {
 	var out []Message
 	for _, m := range p.Messages() {
+		if m.Kind == "log" && m.Source == "network" && strings.HasSuffix(m.URL, "/favicon.ico") {
+			continue
+		}
 		if m.Level == "error" {
 			out = append(out, m)
 		}
