@@ -132,14 +132,6 @@ type slot struct {
 	latSum, latW     float64
 }
 
-func (s *slot) verifications() uint64 {
-	var t uint64
-	for _, v := range s.codes {
-		t += v
-	}
-	return t
-}
-
 func (s *slot) latency() (float64, bool) {
 	if s.latW == 0 {
 		return 0, false

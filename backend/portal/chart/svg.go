@@ -59,7 +59,7 @@ const (
 
 	marginLeft   = 60.0
 	marginRight  = 16.0
-	marginTop    = 12.0
+	marginTop    = 22.0
 	marginBottom = 44.0
 	legendRow    = 20.0
 	legendItem   = 160.0
@@ -348,7 +348,6 @@ func formatCount(v float64) string {
 	return strconv.FormatFloat(v, 'f', -1, 64)
 }
 
-
 // slotLabel names a bucket in a tooltip.
 func slotLabel(h History, t time.Time) string {
 	if h.Granularity == Day {
@@ -489,7 +488,7 @@ func (w *svgWriter) axes(o Options, ticks []float64, top float64, slots []slot, 
 	}
 	if yUnit != "" {
 		w.raw(`<text class="unit"`)
-		w.attrs("x", num(marginLeft-6), "y", num(marginTop-2), "text-anchor", "end", "fill", inkColor)
+		w.attrs("x", num(marginLeft-6), "y", num(marginTop-10), "text-anchor", "end", "fill", inkColor)
 		w.raw(">")
 		w.text(yUnit)
 		w.raw("</text>")
