@@ -46,8 +46,8 @@ vault: tools
 caddy:
 	@bash scripts/caddy.sh
 
-# curl, openssl, jq, … for bootstrap/ and the tests, shellcheck for lint
-# (installed when missing).
+# curl, openssl, jq, … for bootstrap/ and the tests, Chromium for the
+# browser tests, shellcheck for lint (installed when missing).
 tools:
 	@bash scripts/ensure-tools.sh
 
@@ -58,8 +58,10 @@ dev: build devidp vault
 # rotations under load, notifications queued and delivered across a Vault
 # restart, edge revocation latency, ...), and those belong in the output.
 # The Caddy module's tests run the module's Caddy: built first, like Vault.
-test: vault caddy
-	go test -count=1 -v -timeout $(TEST_TIMEOUT) ./...
+# tools installs the Chromium of the browser tests (scripts/browser), and
+# APIKEYS_REQUIRE_BROWSER=1 makes a missing one fail them, not skip them.
+test: tools vault caddy
+	APIKEYS_REQUIRE_BROWSER=1 go test -count=1 -v -timeout $(TEST_TIMEOUT) ./...
 	cd scripts/caddy && go test -count=1 ./...
 
 # Three Vault servers for about a minute, so `make test` skips it (the test

@@ -7,6 +7,14 @@ need=()
 for tool in curl openssl jq sha256sum flock setsid nginx shellcheck; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
+# The portal's browser tests (scripts/browser) drive a headless Chromium;
+# Debian names it chromium, Ubuntu chromium-browser, CHROMIUM_BIN overrides.
+if [ -z "${CHROMIUM_BIN:-}" ] && ! command -v chromium >/dev/null 2>&1 &&
+  ! command -v chromium-browser >/dev/null 2>&1; then
+  need+=(chromium)
+fi
+# Screenshots need a font, and one font everywhere keeps them alike.
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 [ ${#need[@]} -eq 0 ] && exit 0
 pkgs=()
 for tool in "${need[@]}"; do
