@@ -144,7 +144,8 @@ func (f *caddyFixture) metrics() string {
 // TestCaddyModule runs Caddy built with the module in front of an
 // upstream, against a real Vault: the table of answers (valid key through
 // with the answer's headers and none of the client's, each refusal with
-// its status and code), the edge's metrics in Caddy's, one verifier for
+// its status and code), a disabled key enabled and disabled again within
+// the feed's latency, the edge's metrics in Caddy's, one verifier for
 // both routes, a revoked key refused within the feed's latency, and the
 // module failing closed once its sync is stale.
 func TestCaddyModule(t *testing.T) {
@@ -153,6 +154,7 @@ func TestCaddyModule(t *testing.T) {
 	up := echoUpstream(t)
 	f := startCaddy(t, e, k.valid.key, up.URL)
 	checkGatewayAnswers(t, f.get, k, true)
+	checkDisabledFollowsVault(t, e, f.get, k)
 
 	m := f.metrics()
 	for _, want := range []string{"apikeys_edge_keys ", `apikeys_edge_verifications_total{code="RATE_LIMITED",source="local"} 1`, "apikeys_edge_snapshots_loaded_total 1\n"} {

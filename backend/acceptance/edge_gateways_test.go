@@ -4,12 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
@@ -24,6 +27,8 @@ type gatewayKeys struct {
 	valid     issued // acme/web: read, write
 	cidr      issued // acme/office: only from 203.0.113.0/24
 	metered   issued // acme/metered: one request an hour
+	quota     issued // acme/quota: a quota of one request an hour (UTC)
+	disabled  issued // acme/web, status=disabled
 	suspended issued // globex, suspended
 }
 
@@ -32,13 +37,16 @@ func setupGatewayKeys(e *engine) gatewayKeys {
 	e.acme()
 	e.role("acme", "office", map[string]interface{}{"scopes": "read", "environment": "live", "allowed_cidrs": "203.0.113.0/24", "ttl": "1h"})
 	e.role("acme", "metered", map[string]interface{}{"scopes": "read", "environment": "live", "rate_limit": 1, "rate_limit_period": "1h", "ttl": "1h"})
+	e.role("acme", "quota", map[string]interface{}{"scopes": "read", "environment": "live", "quota": 1, "quota_period": "hour", "ttl": "1h"})
 	e.tenant("globex", map[string]interface{}{})
 	e.role("globex", "web", map[string]interface{}{"scopes": "read", "ttl": "1h"})
 	k := gatewayKeys{
 		valid: e.issue("acme", "web", nil), cidr: e.issue("acme", "office", nil),
-		metered: e.issue("acme", "metered", nil), suspended: e.issue("globex", "web", nil),
+		metered: e.issue("acme", "metered", nil), quota: e.issue("acme", "quota", nil),
+		disabled: e.issue("acme", "web", nil), suspended: e.issue("globex", "web", nil),
 	}
 	write(e.t, e.c, e.path("tenants/globex"), map[string]interface{}{"status": "suspended"})
+	write(e.t, e.c, e.path("tenants/acme/keys/"+k.disabled.id), map[string]interface{}{"status": "disabled"})
 	return k
 }
 
@@ -113,7 +121,9 @@ var forgedHeaders = map[string]string{
 
 // checkGatewayAnswers runs the table: a valid key through with the
 // answer's headers and none of the client's forged ones, and each refusal
-// with its status and code (429 with Retry-After). strictStrip: the
+// with its status (contract.HTTPStatus) and code: 429 with Retry-After, 1
+// for RATE_LIMITED and the seconds to the quota's reset (the next UTC
+// hour) for QUOTA_EXCEEDED. strictStrip: the
 // gateway removes every X-Apikeys-* header of the client's; otherwise
 // (nginx) it replaces those the contract defines, and the others are
 // allowed through.
@@ -134,6 +144,8 @@ func checkGatewayAnswers(t *testing.T, get gatewayGet, k gatewayKeys, strictStri
 			t.Errorf("a client-sent %s %q reached the upstream", name, vals)
 		}
 	}
+	// The quota key's two requests must fall in one UTC hour.
+	awayFromPeriodEnd(t, contract.PeriodHour, 20*time.Second)
 	cases := []struct {
 		name, path, key string
 		hdr             map[string]string
@@ -148,9 +160,16 @@ func checkGatewayAnswers(t *testing.T, get gatewayGet, k gatewayKeys, strictStri
 		{"client outside the key's CIDRs", "/api/x", k.cidr.key, nil, 403, "IP_NOT_ALLOWED"},
 		{"first request of the hour", "/api/x", k.metered.key, nil, 200, "VALID"},
 		{"second request of the hour", "/api/x", k.metered.key, nil, 429, "RATE_LIMITED"},
+		{"disabled key", "/api/x", k.disabled.key, nil, 401, "DISABLED"},
+		{"quota's first request of the hour", "/api/x", k.quota.key, nil, 200, "VALID"},
+		{"over the hour's quota", "/api/x", k.quota.key, nil, 429, "QUOTA_EXCEEDED"},
 	}
 	for _, c := range cases {
+		if want := contract.HTTPStatus(c.code); c.status != want {
+			t.Fatalf("%s: the table says %d for %s, the contract %d", c.name, c.status, c.code, want)
+		}
 		a := get(c.path, c.key, c.hdr)
+		answered := time.Now()
 		if a.status != c.status {
 			t.Errorf("%s: status %d, want %d (%s)", c.name, a.status, c.status, a.body)
 			continue
@@ -171,10 +190,58 @@ func checkGatewayAnswers(t *testing.T, get gatewayGet, k gatewayKeys, strictStri
 		if err := json.Unmarshal([]byte(a.body), &body); err != nil || body.Valid || body.Code != c.code {
 			t.Errorf("%s: body %q, want {valid:false, code:%s}", c.name, a.body, c.code)
 		}
-		if c.status == 429 && a.header.Get("Retry-After") == "" {
-			t.Errorf("%s: 429 without Retry-After", c.name)
+		if c.status == 429 {
+			checkRetryAfter(t, c.name, a.header.Get("Retry-After"), c.code, answered)
 		}
 	}
+}
+
+// checkRetryAfter: RATE_LIMITED's Retry-After is 1 (edge.RetryAfter);
+// QUOTA_EXCEEDED's the seconds from the answer to the next UTC hour, when
+// the hourly quota is whole again, within a second.
+func checkRetryAfter(t *testing.T, what, got, code string, answered time.Time) {
+	t.Helper()
+	secs, err := strconv.Atoi(got)
+	if err != nil {
+		t.Errorf("%s: Retry-After %q is not whole seconds", what, got)
+		return
+	}
+	want := 1.0
+	if code == contract.CodeQuotaExceeded {
+		want = contract.PeriodHour.Next(answered).Sub(answered).Seconds()
+	}
+	if math.Abs(float64(secs)-want) > 1 {
+		t.Errorf("%s: Retry-After %d, want %.1f (within a second)", what, secs, want)
+	}
+}
+
+// awayFromPeriodEnd waits, when less than need is left of the current
+// period p, until the next one has begun: a quota starts over then.
+func awayFromPeriodEnd(t *testing.T, p contract.Period, need time.Duration) {
+	t.Helper()
+	next := p.Next(time.Now())
+	if time.Until(next) > need {
+		return
+	}
+	testvault.WaitFor(t, need+time.Minute, "the quota's "+p.String()+" to turn", func() bool { return !time.Now().Before(next) })
+}
+
+// checkDisabledFollowsVault: the key setupGatewayKeys disabled (refused
+// DISABLED by the table) is VALID through the gateway again within the
+// feed's latency once set status=active, and DISABLED again once
+// disabled.
+func checkDisabledFollowsVault(t *testing.T, e *engine, get gatewayGet, k gatewayKeys) {
+	t.Helper()
+	path := e.path("tenants/acme/keys/" + k.disabled.id)
+	write(t, e.c, path, map[string]interface{}{"status": "active"})
+	t.Logf("an enabled key is VALID again through the gateway after %s",
+		waitGateway(t, get, k.disabled.key, http.StatusOK, "", "enabled key", 5*time.Second))
+	if a := get("/api/x", k.disabled.key, nil); a.upstream.Get(edge.HeaderCode) != contract.CodeValid || a.upstream.Get(edge.HeaderKeyID) != k.disabled.id {
+		t.Errorf("enabled key: the upstream got %s %q, %s %q", edge.HeaderCode, a.upstream.Get(edge.HeaderCode), edge.HeaderKeyID, a.upstream.Get(edge.HeaderKeyID))
+	}
+	write(t, e.c, path, map[string]interface{}{"status": "disabled"})
+	t.Logf("a disabled key is refused through the gateway after %s",
+		waitGateway(t, get, k.disabled.key, http.StatusUnauthorized, contract.CodeDisabled, "disabled key", 5*time.Second))
 }
 
 // waitGateway waits until the gateway answers key on /api/x with status,

@@ -2,9 +2,14 @@ package acceptance
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,7 +19,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/contract"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/edge/extauthz"
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // No Envoy binary can be installed here, so these tests are Envoy's side
@@ -144,7 +152,8 @@ func (s envoySim) apply(cr *authv3.CheckRequest) gatewayAnswer {
 
 // TestGRPCCheck: every answer of the table through Envoy's Check, with the
 // headers as a map and as header_map, the key from a configured header,
-// the tenant from a context extension, a revoked key refused within the
+// the tenant from a context extension, a disabled key enabled and
+// disabled again and a revoked key refused within the
 // feed's latency, and the check failing closed once the edge is stale.
 func TestGRPCCheck(t *testing.T) {
 	e := newEngine(t)
@@ -153,6 +162,7 @@ func TestGRPCCheck(t *testing.T) {
 	client := startExtAuthz(t, f, extauthz.Options{KeyHeader: "X-Api-Key"})
 	sim := envoySim{t: t, client: client}
 	checkGatewayAnswers(t, sim.get, k, true)
+	checkDisabledFollowsVault(t, e, sim.get, k)
 
 	fresh := e.issue("acme", "web", nil)
 	raw := envoySim{t: t, client: client, raw: true}
@@ -199,4 +209,137 @@ func TestGRPCCheck(t *testing.T) {
 	}
 	waitGateway(t, sim.get, k.valid.key, 503, "STALE", "stale edge", 15*time.Second)
 	t.Logf("Check failed closed %s after Vault was lost (staleness 4s)", time.Since(cut))
+}
+
+// TestGRPCEdgeBinary runs the built apikeys-edge with -grpc-listen (and
+// -key-header) against a real Vault, as Envoy's ext_authz cluster would
+// reach it, and sends Envoy's CheckRequests through a real gRPC client: a
+// valid key (bearer and the configured key header) OK with the upstream
+// headers, no key denied 401 MISSING, a route's scope the key lacks
+// denied 403 INSUFFICIENT_SCOPE; then SIGTERM, with a client still
+// connected, stops it with status 0 and closes the gRPC port.
+func TestGRPCEdgeBinary(t *testing.T) {
+	e := newEngine(t)
+	e.acme()
+	k := e.issue("acme", "web", nil)
+	bin := buildEdgeBinary(t)
+	port, err := testvault.FreePortPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen, grpcListen := fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("127.0.0.1:%d", port+1)
+	cmd := exec.Command(bin, "-vault-addr", srv.Addr, "-mount", e.mount, "-listen", listen,
+		"-grpc-listen", grpcListen, "-key-header", "X-Api-Key", "-staleness", "10s", "-poll-wait", "1s")
+	// Only the gateway token of the caller's VAULT_* and EDGE_* settings.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "VAULT_") && !strings.HasPrefix(kv, "EDGE_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "VAULT_TOKEN="+gatewayToken(t, e.mount))
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("apikeys-edge output:\n%s", out.String())
+		}
+	})
+	testvault.WaitFor(t, 30*time.Second, "apikeys-edge to load its snapshot", func() bool {
+		select {
+		case err := <-exited:
+			stopped = true
+			t.Fatalf("apikeys-edge exited: %v", err)
+		default:
+		}
+		resp, err := http.Get("http://" + listen + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+
+	conn, err := grpc.NewClient(grpcListen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sim := envoySim{t: t, client: authv3.NewAuthorizationClient(conn)}
+	a := sim.get("/api/x", k.key, forgedHeaders)
+	if a.status != http.StatusOK || a.upstream.Get(edge.HeaderCode) != contract.CodeValid || a.upstream.Get(edge.HeaderTenant) != "acme" ||
+		a.upstream.Get(edge.HeaderKeyID) != k.id || a.upstream.Get(edge.HeaderScopes) != "read,write" || a.upstream.Get("X-Apikeys-Admin") != "" {
+		t.Fatalf("valid key: %d, upstream %v", a.status, a.upstream)
+	}
+	if a := sim.get("/api/x", "acme_live_garbage", map[string]string{"x-api-key": k.key}); a.status != http.StatusOK {
+		t.Fatalf("key in the -key-header header: %d %s", a.status, a.body)
+	}
+	for _, c := range []struct {
+		name, path, key string
+		code            string
+		grpc            codes.Code
+	}{
+		{"no key", "/api/x", "", contract.CodeMissing, codes.Unauthenticated},
+		{"scope the key lacks", "/admin/x", k.key, contract.CodeInsufficientScope, codes.PermissionDenied},
+	} {
+		resp, err := sim.client.Check(context.Background(), sim.request(c.path, c.key, nil))
+		if err != nil {
+			t.Fatalf("%s: Check: %v", c.name, err)
+		}
+		if got := codes.Code(resp.GetStatus().GetCode()); got != c.grpc {
+			t.Errorf("%s: gRPC status %s, want %s", c.name, got, c.grpc)
+		}
+		a := sim.get(c.path, c.key, nil)
+		if a.status != contract.HTTPStatus(c.code) || a.header.Get(edge.HeaderCode) != c.code || !strings.Contains(a.body, `"code":"`+c.code+`"`) {
+			t.Errorf("%s: %d %s %q, want %d %s", c.name, a.status, a.header.Get(edge.HeaderCode), a.body, contract.HTTPStatus(c.code), c.code)
+		}
+	}
+
+	// SIGTERM with the client's connection open: the edge stops serving,
+	// exits 0, and nothing listens on the gRPC port any more.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		stopped = true
+		if err != nil {
+			t.Fatalf("apikeys-edge after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("apikeys-edge still running 10s after SIGTERM")
+	}
+	if c, err := net.DialTimeout("tcp", grpcListen, time.Second); err == nil {
+		c.Close()
+		t.Errorf("%s still accepts connections after the edge stopped", grpcListen)
+	}
+	if strings.Contains(out.String(), k.key) {
+		t.Error("apikeys-edge logged a key")
+	}
+}
+
+// buildEdgeBinary builds cmd/apikeys-edge into the test's directory.
+func buildEdgeBinary(t *testing.T) string {
+	t.Helper()
+	root, err := testvault.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "apikeys-edge")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/apikeys-edge")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build apikeys-edge: %v\n%s", err, out)
+	}
+	return bin
 }

@@ -112,9 +112,11 @@ func startNginx(t *testing.T, bin, edgeHost, upstream string) string {
 
 // TestEdgeBehindNginx runs Debian's nginx with the shipped auth_request
 // configuration (bootstrap/gateways/nginx) in front of an upstream: the
-// table of answers, with 429 (Retry-After) and 503 reaching the client as
-// such instead of auth_request's 500; the contract's X-Apikeys-* headers
-// of a client replaced; a revoked key and a suspended tenant refused
+// table of answers, with both 429s (RATE_LIMITED, QUOTA_EXCEEDED, each
+// with its Retry-After) and 503 reaching the client as such instead of
+// auth_request's 500; the contract's X-Apikeys-* headers of a client
+// replaced; a disabled key enabled and disabled again, a revoked key and a
+// suspended tenant refused
 // within the feed's latency; 503 STALE once the edge is stale, and 503
 // UNAVAILABLE when the edge cannot be reached.
 func TestEdgeBehindNginx(t *testing.T) {
@@ -127,6 +129,7 @@ func TestEdgeBehindNginx(t *testing.T) {
 	get := httpGateway(t, base)
 	testvault.WaitFor(t, 10*time.Second, "nginx to start", func() bool { return get("/api/x", k.valid.key, nil).status != 0 })
 	checkGatewayAnswers(t, get, k, false)
+	checkDisabledFollowsVault(t, e, get, k)
 
 	other := e.issue("acme", "web", nil)
 	waitGateway(t, get, other.key, http.StatusOK, "", "second key", 5*time.Second)
