@@ -76,6 +76,19 @@ func readSecretID(file string) (string, error) {
 	return id, nil
 }
 
+// stopGRPC stops g gracefully, cutting the calls still running after
+// grace: a stuck call must not keep the edge from exiting.
+func stopGRPC(g *grpc.Server, grace time.Duration) {
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		g.Stop()
+		<-done
+	}
+}
+
 // serveGRPC serves Envoy's ext_authz Check on addr until the returned
 // server is stopped; a failure to serve goes to errc.
 func serveGRPC(log hclog.Logger, addr string, e *edge.Edge, keyHeader string, errc chan<- error) (*grpc.Server, error) {
@@ -159,7 +172,8 @@ func run(log hclog.Logger, args []string) error {
 		if err != nil {
 			return err
 		}
-		defer g.GracefulStop()
+		// Calls in flight get the HTTP server's shutdown time, then are cut.
+		defer stopGRPC(g, 5*time.Second)
 	}
 	go func() {
 		log.Info("serving", "listen", *listen, "mount", *mount, "staleness", *staleness)
