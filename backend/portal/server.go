@@ -183,9 +183,8 @@ func (s *Server) routes() {
 			mux.Handle(pattern, s.authed(strings.HasPrefix(pattern, "POST "), h))
 		}
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.message(w, r, nil, http.StatusNotFound, "Not found", "There is no such page.")
-	})
+	// No catch-all "/": it would turn the mux's 405 for a GET of a
+	// POST-only route into a 404. Unknown paths get the mux's plain 404.
 	s.mux = mux
 }
 

@@ -103,10 +103,7 @@ func (s *Server) vaultError(w http.ResponseWriter, r *http.Request, rc *reqCtx, 
 	if errors.As(err, &re) {
 		switch re.StatusCode {
 		case http.StatusForbidden:
-			if !rc.tokenAlive(r.Context()) {
-				s.sessions.deleteSession(rc.sess)
-				s.clearCookie(w, sessionCookie, http.SameSiteStrictMode)
-				http.Redirect(w, r, "/signin?ended=1", http.StatusSeeOther)
+			if rc.endIfDead(w, r) {
 				return
 			}
 			s.message(w, r, rc, http.StatusForbidden, "Permission denied", "Vault does not allow you to do this.")
@@ -121,6 +118,18 @@ func (s *Server) vaultError(w http.ResponseWriter, r *http.Request, rc *reqCtx, 
 	}
 	s.log.Error("vault request failed", "path", r.URL.Path, "error", err)
 	s.message(w, r, rc, http.StatusInternalServerError, "Something went wrong", "Vault could not answer. Try again later.")
+}
+
+// endIfDead ends the session and sends to sign-in when its token is gone
+// (revoked, expired): Vault then answers every call with 403.
+func (rc *reqCtx) endIfDead(w http.ResponseWriter, r *http.Request) bool {
+	if rc.tokenAlive(r.Context()) {
+		return false
+	}
+	rc.s.sessions.deleteSession(rc.sess)
+	rc.s.clearCookie(w, sessionCookie, http.SameSiteStrictMode)
+	http.Redirect(w, r, "/signin?ended=1", http.StatusSeeOther)
+	return true
 }
 
 // tokenAlive asks Vault whether the session's token still exists.
@@ -216,6 +225,9 @@ func (rc *reqCtx) require(w http.ResponseWriter, r *http.Request, e *navEntry) b
 	}
 	if rc.allowed(r.Context(), e) {
 		return true
+	}
+	if rc.endIfDead(w, r) {
+		return false
 	}
 	rc.s.message(w, r, rc, http.StatusForbidden, "Permission denied", "Your policy does not give you this page.")
 	return false
