@@ -44,8 +44,8 @@ const probeKeyID = "00000000-0000-0000-0000-000000000000"
 // filtered page reads at most filterBudget keys' info, filterChunk at a
 // time, and offers to scan on from where it stopped.
 const (
-	filterChunk  = 500
-	filterBudget = 1500
+	filterChunk  = 500 // the largest info read of one round trip
+	filterBudget = 1000
 	// keyReadWorkers read the shown keys' full records (environment, last
 	// use, quota) side by side.
 	keyReadWorkers = 8
@@ -120,9 +120,12 @@ func (s *Server) keysPage(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
 	ctx := r.Context()
 	d := keysData{Filter: f, Filtered: f.active(), Statuses: keyStatuses}
 	size := s.cfg.PageSize
+	// A filtered page starts with a small info read and doubles it up to
+	// filterChunk, so a common match costs little and a rare one is found
+	// in few round trips.
 	chunk := size
 	if f.active() {
-		chunk = filterChunk
+		chunk = min(2*size, filterChunk)
 	}
 	var (
 		ids     []string
@@ -173,6 +176,7 @@ func (s *Server) keysPage(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
 		if !f.active() || len(shown) == size || !more || d.Scanned >= filterBudget {
 			break
 		}
+		chunk = min(2*chunk, filterChunk, filterBudget-d.Scanned)
 	}
 	d.Total = len(ids)
 	if !f.active() {

@@ -65,10 +65,9 @@ func (ss *session) takeFlash() string {
 // sessionStore maps the SHA-256 of a session id to its session, so that the
 // map holds no usable cookie value.
 type sessionStore struct {
-	mu      sync.Mutex
-	m       map[[32]byte]*session
-	swept   time.Time
-	closing bool
+	mu    sync.Mutex
+	m     map[[32]byte]*session
+	swept time.Time
 }
 
 func newSessionStore() *sessionStore {
@@ -130,12 +129,6 @@ func (st *sessionStore) fromRequest(r *http.Request) (*session, bool) {
 		return nil, false
 	}
 	return st.get(c.Value)
-}
-
-func (st *sessionStore) delete(id string) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	delete(st.m, sha256.Sum256([]byte(id)))
 }
 
 // deleteSession removes ss wherever it is stored.
