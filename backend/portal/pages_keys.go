@@ -53,9 +53,9 @@ const (
 
 type keyRow struct {
 	ID, Hint, Name, Role, Kind, Environment string
-	Created, Expires, LastUsed, Status     string
-	Verifies                               string
-	Quota                                  string
+	Created, Expires, LastUsed, Status      string
+	Verifies                                string
+	Quota                                   string
 }
 
 type keysFilter struct {

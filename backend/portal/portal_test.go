@@ -143,12 +143,12 @@ func TestPortalTenantAdminKeyLifecycle(t *testing.T) {
 	b.get("/keys?status=bogus").want(t, http.StatusBadRequest, "status must be one of")
 
 	// Disable from the key page; CSRF is required.
-	detail := b.get("/keys/" + keyID).want(t, http.StatusOK, "Disable", "Revoke", html.EscapeString(markup))
+	detail := b.get("/keys/"+keyID).want(t, http.StatusOK, "Disable", "Revoke", html.EscapeString(markup))
 	detail.lacks(t, key)
 	b.post("/keys/"+keyID+"/status", url.Values{"status": {"disabled"}}).want(t, http.StatusForbidden, "Request refused")
 	b.post("/keys/"+keyID+"/status", url.Values{"status": {"disabled"}, "csrf": {"x" + detail.csrf(t)}}).want(t, http.StatusForbidden, "Request refused")
 	wantCode(t, srv, key, "VALID")
-	b.get("/keys/" + keyID + "/status").want(t, http.StatusMethodNotAllowed)
+	b.get("/keys/"+keyID+"/status").want(t, http.StatusMethodNotAllowed)
 	b.follow(b.post("/keys/"+keyID+"/status", url.Values{"status": {"disabled"}, "csrf": {detail.csrf(t)}})).
 		want(t, http.StatusOK, "Key disabled", "Enable")
 	wantCode(t, srv, key, "DISABLED")
@@ -156,12 +156,12 @@ func TestPortalTenantAdminKeyLifecycle(t *testing.T) {
 	b.post("/keys/"+keyID+"/status", url.Values{"status": {"gone"}, "csrf": {detail.csrf(t)}}).want(t, http.StatusBadRequest, "status must be")
 
 	// Revoke: a confirmation page, then the POST.
-	confirm := b.get("/keys/" + keyID + "/revoke").want(t, http.StatusOK, "cannot be undone", `action="/keys/`+keyID+`/revoke"`)
+	confirm := b.get("/keys/"+keyID+"/revoke").want(t, http.StatusOK, "cannot be undone", `action="/keys/`+keyID+`/revoke"`)
 	wantCode(t, srv, key, "DISABLED")
 	b.post("/keys/"+keyID+"/revoke", url.Values{}).want(t, http.StatusForbidden, "Request refused")
 	b.follow(b.post("/keys/"+keyID+"/revoke", url.Values{"csrf": {confirm.csrf(t)}})).want(t, http.StatusOK, "Key revoked")
 	wantCode(t, srv, key, "NOT_FOUND")
-	b.get("/keys/" + keyID).want(t, http.StatusNotFound)
+	b.get("/keys/"+keyID).want(t, http.StatusNotFound)
 
 	// Sign-out revokes the token and ends the session.
 	token := ss.token
@@ -197,7 +197,7 @@ func TestPortalDeveloperNotOfferedRoles(t *testing.T) {
 	if id == nil {
 		t.Fatalf("no key link: %s", issued.body)
 	}
-	detail := b.get("/keys/" + id[1]).want(t, http.StatusOK, "Revoke")
+	detail := b.get("/keys/"+id[1]).want(t, http.StatusOK, "Revoke")
 	detail.lacks(t, ">Disable<")
 	b.post("/keys/"+id[1]+"/status", url.Values{"csrf": {f.csrf(t)}, "status": {"disabled"}}).want(t, http.StatusForbidden, "Permission denied")
 	// A 403 from Vault does not end a session whose token is alive.
