@@ -3,7 +3,7 @@
 #   make dev    Vault dev server with the plugin mounted and bootstrapped
 #   make test   unit tests and integration tests against a real Vault
 #   make test-ha  failover test: a 3-node Raft cluster, active node killed under load
-#   make build  the plugin binary in bin/
+#   make build  the plugin binary and apikeys-portal in bin/
 #   make lint   gofmt check, go vet, staticcheck, shellcheck
 #   make fmt    gofmt -w
 #   make bench  in-process benchmarks and a load test against a real Vault
@@ -31,6 +31,7 @@ LEASE_KEYS  ?= 20000
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
+	go build -trimpath -o bin/apikeys-portal ./cmd/apikeys-portal
 
 # The stand-in OpenID Connect provider make dev signs people in through
 # (scripts/devidp).

@@ -1,0 +1,216 @@
+package portal
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"net/http"
+	"sync"
+	"time"
+)
+
+const (
+	sessionCookie = "portal_session"
+	// preCookie carries the sign-in forms' CSRF token (double submit)
+	// before there is a session.
+	preCookie = "portal_signin"
+	// oidcCookie names the pending OIDC sign-in of this browser.
+	oidcCookie = "portal_oidc"
+	csrfField  = "csrf"
+)
+
+// session is one signed-in user. The Vault token lives here, in memory
+// only: it is never written to disk, a cookie, a page or a log.
+type session struct {
+	user           string
+	token          string
+	csrf           string
+	expires        time.Time
+	canListTenants bool
+
+	mu     sync.Mutex
+	tenant string
+	flash  string
+	caps   map[string][]string
+	capsAt time.Time
+}
+
+func (ss *session) getTenant() string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.tenant
+}
+
+func (ss *session) setTenant(t string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.tenant, ss.caps = t, nil
+}
+
+func (ss *session) setFlash(msg string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.flash = msg
+}
+
+func (ss *session) takeFlash() string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	f := ss.flash
+	ss.flash = ""
+	return f
+}
+
+// sessionStore maps the SHA-256 of a session id to its session, so that the
+// map holds no usable cookie value.
+type sessionStore struct {
+	mu    sync.Mutex
+	m     map[[32]byte]*session
+	swept time.Time
+}
+
+func newSessionStore() *sessionStore {
+	return &sessionStore{m: map[[32]byte]*session{}}
+}
+
+// randomToken is 256 bits from crypto/rand, base64url.
+func randomToken() string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		// crypto/rand does not fail on supported platforms (Go 1.24+
+		// crashes the program itself); never hand out a weak id.
+		panic("crypto/rand: " + err.Error())
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// create stores ss under a fresh id and returns the id for the cookie.
+func (st *sessionStore) create(ss *session) string {
+	id := randomToken()
+	ss.csrf = randomToken()
+	now := time.Now()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if now.Sub(st.swept) > time.Minute {
+		for k, v := range st.m {
+			if !now.Before(v.expires) {
+				delete(st.m, k)
+			}
+		}
+		st.swept = now
+	}
+	st.m[sha256.Sum256([]byte(id))] = ss
+	return id
+}
+
+func (st *sessionStore) get(id string) (*session, bool) {
+	if id == "" {
+		return nil, false
+	}
+	k := sha256.Sum256([]byte(id))
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	ss, ok := st.m[k]
+	if !ok {
+		return nil, false
+	}
+	// The session ends when its token does.
+	if !time.Now().Before(ss.expires) {
+		delete(st.m, k)
+		return nil, false
+	}
+	return ss, true
+}
+
+func (st *sessionStore) fromRequest(r *http.Request) (*session, bool) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil {
+		return nil, false
+	}
+	return st.get(c.Value)
+}
+
+// deleteSession removes ss wherever it is stored.
+func (st *sessionStore) deleteSession(ss *session) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for k, v := range st.m {
+		if v == ss {
+			delete(st.m, k)
+		}
+	}
+}
+
+func (st *sessionStore) close() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.m = map[[32]byte]*session{}
+}
+
+// pendingOIDC is an OIDC sign-in between the redirect to the identity
+// provider and its callback.
+type pendingOIDC struct {
+	nonce, state string
+	expires      time.Time
+}
+
+// pendingStore holds OIDC sign-ins in flight, keyed like sessions.
+type pendingStore struct {
+	mu sync.Mutex
+	m  map[[32]byte]pendingOIDC
+}
+
+func newPendingStore() *pendingStore { return &pendingStore{m: map[[32]byte]pendingOIDC{}} }
+
+// pendingOIDCTTL is how long a user may take at the identity provider.
+const pendingOIDCTTL = 10 * time.Minute
+
+func (p *pendingStore) put(v pendingOIDC) string {
+	id := randomToken()
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, e := range p.m {
+		if !now.Before(e.expires) {
+			delete(p.m, k)
+		}
+	}
+	v.expires = now.Add(pendingOIDCTTL)
+	p.m[sha256.Sum256([]byte(id))] = v
+	return id
+}
+
+// take returns and removes a pending sign-in: a callback is used once.
+func (p *pendingStore) take(id string) (pendingOIDC, bool) {
+	k := sha256.Sum256([]byte(id))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, ok := p.m[k]
+	delete(p.m, k)
+	if !ok || !time.Now().Before(v.expires) {
+		return pendingOIDC{}, false
+	}
+	return v, true
+}
+
+// equalSecret compares two secrets in constant time; empty never matches.
+func equalSecret(a, b string) bool {
+	if a == "" || b == "" {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
+}
+
+// cookie is a portal cookie: HttpOnly, Path=/, Secure when the public URL
+// is https.
+func (s *Server) cookie(name, value string, sameSite http.SameSite, maxAge int) *http.Cookie {
+	return &http.Cookie{
+		Name: name, Value: value, Path: "/", HttpOnly: true, Secure: s.secure,
+		SameSite: sameSite, MaxAge: maxAge,
+	}
+}
+
+func (s *Server) clearCookie(w http.ResponseWriter, name string, sameSite http.SameSite) {
+	http.SetCookie(w, s.cookie(name, "", sameSite, -1))
+}
