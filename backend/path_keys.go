@@ -34,11 +34,15 @@ func (b *backend) pathKeys() []*framework.Path {
 					Default:     defaultKeyInfoLimit,
 					Description: fmt.Sprintf("Most keys key_info covers, 1-%d; keys always lists every id.", maxKeyInfo),
 				},
+				"usage": {
+					Type:        framework.TypeBool,
+					Description: "key_info also holds each key's verify_count and last_used_at (one more storage read per key).",
+				},
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ListOperation: &framework.PathOperation{
 					Callback:     b.pathKeysList,
-					Summary:      "List a tenant's keys: ids, with each key's hint, name, role, kind, status, created_at and expires_at in key_info.",
+					Summary:      "List a tenant's keys: ids, with each key's hint, name, role, kind, environment, status, created_at and expires_at (and with usage=true its verify_count and last_used_at) in key_info.",
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "list", OperationSuffix: "keys"},
 				},
 			},
@@ -252,11 +256,30 @@ func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, d *fra
 	}
 	now := time.Now()
 	info := make(map[string]interface{}, len(recs))
+	infos := make([]map[string]interface{}, len(recs))
 	for i, e := range recs {
 		// An index entry whose record is gone (an interrupted issue that
 		// tidy has not removed yet) is listed without info.
 		if e != nil {
-			info[page[i]] = keyListInfo(e, now)
+			infos[i] = keyListInfo(e, now)
+			info[page[i]] = infos[i]
+		}
+	}
+	if d.Get("usage").(bool) {
+		err := forEachParallel(ctx, len(recs), func(ctx context.Context, i int) error {
+			if recs[i] == nil {
+				return nil
+			}
+			u, err := b.usage.keyUsageOf(ctx, req.Storage, tenant, page[i])
+			if err != nil {
+				return fmt.Errorf("usage of key %q: %w", page[i], err)
+			}
+			infos[i]["verify_count"] = u.VerifyCount
+			infos[i]["last_used_at"] = timeOrNil(u.LastUsedAt)
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	resp := logical.ListResponseWithInfo(ids, info)
@@ -270,13 +293,14 @@ func (b *backend) pathKeysList(ctx context.Context, req *logical.Request, d *fra
 // see their state, not the full read.
 func keyListInfo(e *keyEntry, now time.Time) map[string]interface{} {
 	return map[string]interface{}{
-		"hint":       e.Hint,
-		"name":       e.Name,
-		"role":       e.Role,
-		"kind":       e.Kind,
-		"status":     keyStatus(e, now),
-		"created_at": e.CreatedAt.Format(time.RFC3339),
-		"expires_at": timeOrNil(e.ExpiresAt),
+		"hint":        e.Hint,
+		"name":        e.Name,
+		"role":        e.Role,
+		"kind":        e.Kind,
+		"environment": e.Environment,
+		"status":      keyStatus(e, now),
+		"created_at":  e.CreatedAt.Format(time.RFC3339),
+		"expires_at":  timeOrNil(e.ExpiresAt),
 	}
 }
 
@@ -284,31 +308,40 @@ func keyListInfo(e *keyEntry, now time.Time) map[string]interface{} {
 // keyListWorkers at a time; the first error stops it.
 func readTenantKeys(ctx context.Context, s logical.Storage, tenant string, ids []string) ([]*keyEntry, error) {
 	recs := make([]*keyEntry, len(ids))
+	err := forEachParallel(ctx, len(ids), func(ctx context.Context, i int) error {
+		e, err := readTenantKey(ctx, s, tenant, ids[i])
+		recs[i] = e
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return recs, nil
+}
+
+// forEachParallel calls do for 0..n-1, keyListWorkers at a time: each call
+// is a storage round trip. The first error stops it and is returned.
+func forEachParallel(ctx context.Context, n int, do func(ctx context.Context, i int) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(keyListWorkers, len(ids)) {
+	for range min(keyListWorkers, n) {
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				i := int(next.Add(1) - 1)
-				if i >= len(ids) {
+				if i >= n {
 					return
 				}
-				e, err := readTenantKey(ctx, s, tenant, ids[i])
-				if err != nil {
+				if err := do(ctx, i); err != nil {
 					cancel(err)
 					return
 				}
-				recs[i] = e
 			}
 		})
 	}
 	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
-		return nil, err
-	}
-	return recs, nil
+	return context.Cause(ctx)
 }
 
 // keyUpdate is a validated update of keys/<key_id>: nil fields are left
@@ -516,8 +549,10 @@ const pathKeysListHelpDesc = `
 Lists the key ids of every key the tenant holds, dynamic and static, and in
 key_info, per key: hint (prefix, environment and the first and last 4
 characters of the random part, e.g. acme_live_Xn8I…cQKo; empty for keys
-issued before hints existed), name, role, kind, status (active, disabled,
-in_grace or expired), created_at and expires_at.
+issued before hints existed), name, role, kind, environment, status
+(active, disabled, in_grace or expired), created_at and expires_at; with
+usage=true also verify_count and last_used_at (as of the last flush, plus
+what this node counted since; one more storage read per key).
 
 key_info covers a page of the keys, in id order: the first limit (default
 1000, at most 10000) after the key id given as after. Listing the ids is

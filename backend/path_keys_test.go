@@ -97,6 +97,37 @@ func TestKeyHintIsStoredAndShownNeverTheKey(t *testing.T) {
 	}
 }
 
+// usage=true adds each key's use to key_info (what the portal's key list
+// shows), for one more storage read per key at most; without it key_info
+// holds none and reads nothing more.
+func TestKeyListWithUsage(t *testing.T) {
+	b, s := newTestBackend(t)
+	key, id, _ := setupAcme(t, b, s)
+	idle := b.do(t, s, logical.UpdateOperation, "tenants/acme/creds/web", nil).Data["key_id"].(string)
+	for range 2 {
+		b.do(t, s, logical.UpdateOperation, "verify", map[string]interface{}{"api_key": key})
+	}
+
+	s.reset()
+	resp := b.do(t, s, logical.ListOperation, "tenants/acme/keys/", map[string]interface{}{"usage": true})
+	info := resp.Data["key_info"].(map[string]interface{})
+	if s.gets > 3*len(info) || s.writes() != 0 {
+		t.Fatalf("list with usage cost %d gets, %d writes for %d keys", s.gets, s.writes(), len(info))
+	}
+	used, unused := info[id].(map[string]interface{}), info[idle].(map[string]interface{})
+	if used["verify_count"] != uint64(2) || used["last_used_at"] == nil || used["environment"] != "live" {
+		t.Fatalf("key_info of the used key: %v", used)
+	}
+	if unused["verify_count"] != uint64(0) || unused["last_used_at"] != nil {
+		t.Fatalf("key_info of the unused key: %v", unused)
+	}
+
+	plain := b.do(t, s, logical.ListOperation, "tenants/acme/keys/", nil).Data["key_info"].(map[string]interface{})
+	if _, ok := plain[id].(map[string]interface{})["verify_count"]; ok {
+		t.Fatalf("key_info without usage=true holds usage: %v", plain[id])
+	}
+}
+
 func TestKeyListHasKeyInfo(t *testing.T) {
 	b, s := newTestBackend(t)
 	_, id, _ := setupAcme(t, b, s)
@@ -125,7 +156,7 @@ func TestKeyListHasKeyInfo(t *testing.T) {
 		if !ok {
 			t.Fatalf("no key_info for %s: %v", kid, info)
 		}
-		for _, f := range []string{"hint", "name", "role", "kind", "status", "created_at", "expires_at"} {
+		for _, f := range []string{"hint", "name", "role", "kind", "environment", "status", "created_at", "expires_at"} {
 			if _, ok := ki[f]; !ok {
 				t.Errorf("key_info of %s lacks %s", kid, f)
 			}

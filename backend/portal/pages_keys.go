@@ -139,6 +139,10 @@ func (s *Server) keysPage(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
 		// GET with list=true is Vault's LIST, with query parameters.
 		sec, err := rc.vault.Logical().ReadWithDataWithContext(ctx, rc.path("keys/"), url.Values{
 			"list": {"true"}, "after": {cursor}, "limit": {strconv.Itoa(chunk)},
+			// Each key's use costs the plugin one more read: worth it for a
+			// page of rows, not for a filter's scan of up to filterChunk
+			// keys (keyRow reads the few it shows).
+			"usage": {strconv.FormatBool(!f.active())},
 		})
 		if err != nil {
 			s.vaultError(w, r, rc, err)
@@ -216,9 +220,10 @@ func (f keysFilter) query(v url.Values) url.Values {
 	return v
 }
 
-// keyRows reads the shown keys' records (environment, last use, verify
-// count; quota when the policy lets the user read it) beside their list
-// info. A key whose read fails is shown with what the list said.
+// keyRows builds the shown keys' rows from their list info, reading a
+// key's record for its use (last use, verify count) when the list did not
+// hold it (a filtered page), and its quota when the policy lets the user
+// read it. A key whose read fails is shown with what the list said.
 func (rc *reqCtx) keyRows(ctx context.Context, ids []string, infos map[string]map[string]interface{}, withQuota bool) []keyRow {
 	rows := make([]keyRow, len(ids))
 	var wg sync.WaitGroup
@@ -244,11 +249,16 @@ func (rc *reqCtx) keyRow(ctx context.Context, id string, info map[string]interfa
 		Created: fmtTime(str(info, "created_at")), Expires: fmtTime(str(info, "expires_at")), Status: str(info, "status"),
 		Environment: "–", LastUsed: "–", Verifies: "–", Quota: "–",
 	}
-	if sec, err := rc.vault.Logical().ReadWithContext(ctx, rc.path("keys/"+id)); err == nil && sec != nil {
-		row.Environment = orDash(str(sec.Data, "environment"))
-		row.LastUsed = fmtTime(str(sec.Data, "last_used_at"))
-		row.Verifies = orDash(str(sec.Data, "verify_count"))
+	use := info
+	if _, listed := info["verify_count"]; !listed {
+		use = nil
+		if sec, err := rc.vault.Logical().ReadWithContext(ctx, rc.path("keys/"+id)); err == nil && sec != nil {
+			use = sec.Data
+		}
 	}
+	row.Environment = orDash(str(info, "environment"))
+	row.LastUsed = fmtTime(str(use, "last_used_at"))
+	row.Verifies = orDash(str(use, "verify_count"))
 	if withQuota {
 		row.Quota = rc.quotaUse(ctx, id)
 	}
