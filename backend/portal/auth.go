@@ -44,7 +44,7 @@ func (s *Server) signinUserpass(w http.ResponseWriter, r *http.Request) {
 		s.formError(w, r, nil, err)
 		return
 	}
-	c, err := r.Cookie(preCookie)
+	c, err := r.Cookie(s.cookieName(preCookie))
 	if err != nil || !equalSecret(c.Value, r.PostForm.Get(csrfField)) {
 		s.message(w, r, nil, http.StatusForbidden, "Request refused", "The sign-in form was missing its security token or it did not match. Reload the sign-in page and try again.")
 		return
@@ -110,6 +110,7 @@ func (s *Server) startSession(ctx context.Context, w http.ResponseWriter, r *htt
 		user: id.user, token: sec.Auth.ClientToken, tenant: id.tenant,
 		canListTenants: id.canListTenants, expires: time.Now().Add(life),
 	}
+	s.sessions.replace(r)
 	sid := s.sessions.create(ss)
 	http.SetCookie(w, s.cookie(sessionCookie, sid, http.SameSiteStrictMode, int(life.Seconds())))
 	s.log.Info("signed in", "user", id.user, "tenant", id.tenant, "session_ttl", life.Round(time.Second).String())
@@ -158,7 +159,18 @@ func (s *Server) oidcStart(w http.ResponseWriter, r *http.Request) {
 		s.message(w, r, nil, http.StatusBadGateway, "Sign-in unavailable", "Vault's OIDC role does not allow this portal's callback URL.")
 		return
 	}
-	handle := s.pending.put(pendingOIDC{nonce: nonce, state: u.Query().Get("state")})
+	state := u.Query().Get("state")
+	if state == "" {
+		s.log.Error("oidc auth_url carries no state", "role", s.cfg.OIDCRole)
+		s.message(w, r, nil, http.StatusBadGateway, "Sign-in unavailable", "Vault's OIDC sign-in answer was not usable.")
+		return
+	}
+	handle, ok := s.pending.put(pendingOIDC{nonce: nonce, state: state})
+	if !ok {
+		s.log.Warn("oidc sign-in refused: too many sign-ins in flight", "max", maxPendingOIDC)
+		s.message(w, r, nil, http.StatusServiceUnavailable, "Sign-in busy", "Too many sign-ins are in progress. Try again in a few minutes.")
+		return
+	}
 	// Lax: the callback is a top-level navigation from the identity
 	// provider's site, which would not carry a Strict cookie.
 	http.SetCookie(w, s.cookie(oidcCookie, handle, http.SameSiteLaxMode, int(pendingOIDCTTL.Seconds())))
@@ -168,14 +180,14 @@ func (s *Server) oidcStart(w http.ResponseWriter, r *http.Request) {
 func (s *Server) oidcCallback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	state, code := q.Get("state"), q.Get("code")
-	c, err := r.Cookie(oidcCookie)
+	c, err := r.Cookie(s.cookieName(oidcCookie))
 	if err != nil {
 		s.message(w, r, nil, http.StatusForbidden, "Sign-in refused", "This browser did not start an OIDC sign-in (or it took too long). Start again.")
 		return
 	}
 	p, ok := s.pending.take(c.Value)
 	s.clearCookie(w, oidcCookie, http.SameSiteLaxMode)
-	if !ok || state == "" || (p.state != "" && !equalSecret(p.state, state)) {
+	if !ok || !equalSecret(p.state, state) {
 		s.message(w, r, nil, http.StatusForbidden, "Sign-in refused", "The sign-in answer does not belong to the sign-in this browser started. Start again.")
 		return
 	}
@@ -194,7 +206,13 @@ func (s *Server) oidcCallback(w http.ResponseWriter, r *http.Request) {
 			s.message(w, r, nil, http.StatusUnauthorized, "Sign-in failed", "Vault did not accept the identity provider's answer.")
 			return
 		}
-		s.log.Error("oidc callback failed", "error", err)
+		// Not err itself: it holds the request's URL, whose query is the
+		// code, state and client_nonce of the sign-in.
+		status := 0
+		if re != nil {
+			status = re.StatusCode
+		}
+		s.log.Error("oidc callback failed", "status", status, "timeout", errors.Is(err, context.DeadlineExceeded))
 		s.message(w, r, nil, http.StatusBadGateway, "Vault unavailable", "Vault could not finish the sign-in.")
 		return
 	}
@@ -217,7 +235,8 @@ func (s *Server) signout(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
 		var re *api.ResponseError
 		// A token that is gone already is what sign-out wants.
 		if !errors.As(err, &re) || re.StatusCode != http.StatusForbidden {
-			s.log.Error("revoke on sign-out failed", "error", err)
+			s.log.Error("revoke on sign-out failed; trying again in the background", "status", statusOf(err))
+			go s.revokeToken(rc.sess.token)
 		}
 	}
 	s.sessions.deleteSession(rc.sess)

@@ -186,13 +186,44 @@ func TestTenantFromACL(t *testing.T) {
 	}
 }
 
+// revoked collects the tokens a session store revoked.
+type revoked struct {
+	mu     sync.Mutex
+	tokens []string
+	got    chan string
+}
+
+func newRevoked() *revoked { return &revoked{got: make(chan string, 16)} }
+
+func (rv *revoked) revoke(token string) {
+	rv.mu.Lock()
+	rv.tokens = append(rv.tokens, token)
+	rv.mu.Unlock()
+	rv.got <- token
+}
+
+func (rv *revoked) wait(t *testing.T, want string) {
+	t.Helper()
+	select {
+	case got := <-rv.got:
+		if got != want {
+			t.Fatalf("revoked %q, want %q", got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("token %q was not revoked", want)
+	}
+}
+
 func TestSessionExpires(t *testing.T) {
-	st := newSessionStore()
-	id := st.create(&session{expires: time.Now().Add(-time.Second)})
+	rv := newRevoked()
+	st := newSessionStore(sessionCookie, rv.revoke)
+	id := st.create(&session{token: "t-expired", expires: time.Now().Add(-time.Second)})
 	if _, ok := st.get(id); ok {
 		t.Fatal("an expired session was returned")
 	}
-	id = st.create(&session{expires: time.Now().Add(time.Hour)})
+	// A session whose time is up ends with its token.
+	rv.wait(t, "t-expired")
+	id = st.create(&session{token: "t-live", expires: time.Now().Add(time.Hour)})
 	ss, ok := st.get(id)
 	if !ok || len(ss.csrf) < 40 {
 		t.Fatal("a live session was not returned with a CSRF token")
@@ -202,5 +233,59 @@ func TestSessionExpires(t *testing.T) {
 	}
 	if equalSecret("", "") || !equalSecret(ss.csrf, ss.csrf) || equalSecret(ss.csrf, ss.csrf[1:]) {
 		t.Fatal("equalSecret")
+	}
+
+	// The sweeper ends sessions nobody comes back to.
+	st.create(&session{token: "t-idle", expires: time.Now().Add(time.Minute)})
+	st.sweep(time.Now())
+	select {
+	case tok := <-rv.got:
+		t.Fatalf("sweep before the time revoked %q", tok)
+	default:
+	}
+	st.sweep(time.Now().Add(2 * time.Minute))
+	rv.wait(t, "t-idle")
+	if _, ok := st.get(id); !ok {
+		t.Fatal("a sweep two minutes on ended a one-hour session")
+	}
+}
+
+func TestSessionReplacedAndClosedRevokeTokens(t *testing.T) {
+	rv := newRevoked()
+	st := newSessionStore(sessionCookie, rv.revoke)
+	id := st.create(&session{token: "t-first", expires: time.Now().Add(time.Hour)})
+	r := httptest.NewRequest(http.MethodPost, "/signin/userpass", nil)
+	r.AddCookie(&http.Cookie{Name: sessionCookie, Value: id})
+	// Signing in again in the same browser ends the session it had.
+	st.replace(r)
+	rv.wait(t, "t-first")
+	if _, ok := st.get(id); ok {
+		t.Fatal("the replaced session is still there")
+	}
+	st.create(&session{token: "t-a", expires: time.Now().Add(time.Hour)})
+	st.close()
+	rv.wait(t, "t-a")
+}
+
+func TestPendingSignInsAreBounded(t *testing.T) {
+	p := newPendingStore(2)
+	var handles []string
+	for range 2 {
+		h, ok := p.put(pendingOIDC{state: "s", nonce: "n"})
+		if !ok {
+			t.Fatal("a sign-in under the cap was refused")
+		}
+		handles = append(handles, h)
+	}
+	if _, ok := p.put(pendingOIDC{state: "s"}); ok {
+		t.Fatal("a sign-in over the cap was stored")
+	}
+	// Expired ones go at the sweep, and make room.
+	p.sweep(time.Now().Add(pendingOIDCTTL + time.Second))
+	if _, ok := p.take(handles[0]); ok {
+		t.Fatal("an expired sign-in survived the sweep")
+	}
+	if _, ok := p.put(pendingOIDC{state: "s"}); !ok {
+		t.Fatal("no room after the sweep")
 	}
 }

@@ -73,7 +73,10 @@ func (rc *reqCtx) roles(ctx context.Context, onlyIssuable bool) ([]roleView, err
 	var wg sync.WaitGroup
 	for i, n := range names {
 		wg.Go(func() {
-			out[i], errs[i] = rc.role(ctx, n)
+			errs[i] = guarded(func() (err error) {
+				out[i], err = rc.role(ctx, n)
+				return err
+			})
 		})
 	}
 	wg.Wait()

@@ -231,7 +231,14 @@ func (rc *reqCtx) keyRows(ctx context.Context, ids []string, infos map[string]ma
 	for range min(keyReadWorkers, len(ids)) {
 		wg.Go(func() {
 			for i := range next {
-				rows[i] = rc.keyRow(ctx, ids[i], infos[ids[i]], withQuota)
+				err := guarded(func() error {
+					rows[i] = rc.keyRow(ctx, ids[i], infos[ids[i]], withQuota)
+					return nil
+				})
+				if err != nil {
+					rc.s.log.Error("key row", "key_id", ids[i], "error", err)
+					rows[i] = keyRow{ID: ids[i], Status: "unknown"}
+				}
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package portal
 
 import (
 	"bytes"
+	"context"
 	"embed"
 	"errors"
 	"fmt"
@@ -51,6 +52,8 @@ type Server struct {
 	pending  *pendingStore
 	tmpl     map[string]*template.Template
 	mux      *http.ServeMux
+	stop     chan struct{}
+	swept    chan struct{} // closed when the sweeper has stopped
 }
 
 // maxBody bounds every request body: the portal's forms are a few fields.
@@ -58,8 +61,8 @@ const maxBody = 64 << 10
 
 var nameRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$`)
 
-// New builds the portal. It starts no goroutine; Close stops the session
-// sweeper that Handler's first use starts.
+// New builds the portal and starts its sweeper (expired sessions and OIDC
+// sign-ins); Close stops it.
 func New(cfg Config) (*Server, error) {
 	if cfg.Vault == nil {
 		return nil, errors.New("portal: no Vault client")
@@ -95,17 +98,79 @@ func New(cfg Config) (*Server, error) {
 	base.ClearToken()
 	s := &Server{
 		cfg: cfg, vault: base, log: cfg.Logger, secure: u.Scheme == "https",
-		sessions: newSessionStore(), pending: newPendingStore(),
+		pending: newPendingStore(maxPendingOIDC),
+		stop:    make(chan struct{}), swept: make(chan struct{}),
 	}
+	s.sessions = newSessionStore(s.cookieName(sessionCookie), s.revokeToken)
 	if err := s.parseTemplates(); err != nil {
 		return nil, err
 	}
 	s.routes()
+	go s.sweeper()
 	return s, nil
 }
 
-// Close ends every session (without revoking their tokens).
-func (s *Server) Close() { s.sessions.close() }
+// Close stops the sweeper and ends every session, revoking its token.
+func (s *Server) Close() {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.swept
+	s.sessions.close()
+}
+
+func (s *Server) sweeper() {
+	defer close(s.swept)
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			s.sessions.sweep(now)
+			s.pending.sweep(now)
+		}
+	}
+}
+
+// revokeToken revokes the token of a session that ended without sign-out,
+// trying thrice: a token no session can use should not outlive it. It
+// logs a failure, never the token.
+func (s *Server) revokeToken(token string) {
+	c, err := s.userClient(token)
+	if err != nil {
+		s.log.Error("revoke an ended session's token", "error", err)
+		return
+	}
+	for try := 1; ; try++ {
+		ctx, cancel := context.WithTimeout(context.Background(), vaultTimeout)
+		err = c.Auth().Token().RevokeSelfWithContext(ctx, "")
+		cancel()
+		var re *api.ResponseError
+		// 403: the token is gone already, which is the aim.
+		if err == nil || (errors.As(err, &re) && re.StatusCode == http.StatusForbidden) {
+			return
+		}
+		if try == 3 {
+			s.log.Error("revoke an ended session's token failed; it lives until its TTL", "status", statusOf(err))
+			return
+		}
+		time.Sleep(time.Duration(try) * time.Second)
+	}
+}
+
+// statusOf is a Vault error's HTTP status, 0 for an error without one.
+// Logs name it instead of the error, whose text holds the request's URL.
+func statusOf(err error) int {
+	var re *api.ResponseError
+	if errors.As(err, &re) {
+		return re.StatusCode
+	}
+	return 0
+}
 
 func (s *Server) parseTemplates() error {
 	funcs := template.FuncMap{"join": strings.Join}
@@ -162,7 +227,15 @@ func registerPage(p page) { pages = append(pages, p) }
 func (s *Server) routes() {
 	mux := http.NewServeMux()
 	static, _ := fs.Sub(staticFS, "static")
-	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServer(http.FS(static))))
+	files := http.StripPrefix("/static/", http.FileServer(http.FS(static)))
+	mux.HandleFunc("GET /static/", func(w http.ResponseWriter, r *http.Request) {
+		// Files only: no directory listing.
+		if strings.HasSuffix(r.URL.Path, "/") {
+			http.NotFound(w, r)
+			return
+		}
+		files.ServeHTTP(w, r)
+	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := s.sessions.fromRequest(r); ok {
 			http.Redirect(w, r, "/keys", http.StatusSeeOther)
@@ -197,6 +270,9 @@ func (s *Server) Handler() http.Handler {
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("Cache-Control", "no-store")
+		if s.secure {
+			h.Set("Strict-Transport-Security", "max-age=31536000")
+		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		defer func() {
 			// A handler bug is a 500 page, never a stack trace to the

@@ -63,15 +63,19 @@ func (ss *session) takeFlash() string {
 }
 
 // sessionStore maps the SHA-256 of a session id to its session, so that the
-// map holds no usable cookie value.
+// map holds no usable cookie value. A session that ends without sign-out
+// (its time is up, the portal stops, the same browser signs in again) has
+// its token revoked through revoke: the portal never leaves a token alive
+// that no session can use.
 type sessionStore struct {
-	mu    sync.Mutex
-	m     map[[32]byte]*session
-	swept time.Time
+	mu     sync.Mutex
+	m      map[[32]byte]*session
+	cookie string // the session cookie's name
+	revoke func(token string)
 }
 
-func newSessionStore() *sessionStore {
-	return &sessionStore{m: map[[32]byte]*session{}}
+func newSessionStore(cookie string, revoke func(token string)) *sessionStore {
+	return &sessionStore{m: map[[32]byte]*session{}, cookie: cookie, revoke: revoke}
 }
 
 // randomToken is 256 bits from crypto/rand, base64url.
@@ -89,19 +93,27 @@ func randomToken() string {
 func (st *sessionStore) create(ss *session) string {
 	id := randomToken()
 	ss.csrf = randomToken()
-	now := time.Now()
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if now.Sub(st.swept) > time.Minute {
-		for k, v := range st.m {
-			if !now.Before(v.expires) {
-				delete(st.m, k)
-			}
-		}
-		st.swept = now
-	}
 	st.m[sha256.Sum256([]byte(id))] = ss
 	return id
+}
+
+// sweep ends the sessions whose time is up and revokes their tokens; the
+// server's sweeper calls it every sweepEvery.
+func (st *sessionStore) sweep(now time.Time) {
+	var ended []string
+	st.mu.Lock()
+	for k, v := range st.m {
+		if !now.Before(v.expires) {
+			delete(st.m, k)
+			ended = append(ended, v.token)
+		}
+	}
+	st.mu.Unlock()
+	for _, t := range ended {
+		st.revoke(t)
+	}
 }
 
 func (st *sessionStore) get(id string) (*session, bool) {
@@ -115,16 +127,17 @@ func (st *sessionStore) get(id string) (*session, bool) {
 	if !ok {
 		return nil, false
 	}
-	// The session ends when its token does.
+	// The session ends when its token does, or at MaxSession.
 	if !time.Now().Before(ss.expires) {
 		delete(st.m, k)
+		go st.revoke(ss.token)
 		return nil, false
 	}
 	return ss, true
 }
 
 func (st *sessionStore) fromRequest(r *http.Request) (*session, bool) {
-	c, err := r.Cookie(sessionCookie)
+	c, err := r.Cookie(st.cookie)
 	if err != nil {
 		return nil, false
 	}
@@ -142,10 +155,26 @@ func (st *sessionStore) deleteSession(ss *session) {
 	}
 }
 
+// replace ends the session the request's cookie names, if any, revoking
+// its token: a browser that signs in again holds one session, not two.
+func (st *sessionStore) replace(r *http.Request) {
+	ss, ok := st.fromRequest(r)
+	if !ok {
+		return
+	}
+	st.deleteSession(ss)
+	st.revoke(ss.token)
+}
+
+// close ends every session and revokes its token.
 func (st *sessionStore) close() {
 	st.mu.Lock()
-	defer st.mu.Unlock()
+	old := st.m
 	st.m = map[[32]byte]*session{}
+	st.mu.Unlock()
+	for _, ss := range old {
+		st.revoke(ss.token)
+	}
 }
 
 // pendingOIDC is an OIDC sign-in between the redirect to the identity
@@ -155,20 +184,43 @@ type pendingOIDC struct {
 	expires      time.Time
 }
 
-// pendingStore holds OIDC sign-ins in flight, keyed like sessions.
+// pendingStore holds OIDC sign-ins in flight, keyed like sessions. Anyone
+// may start a sign-in, so it holds at most max: beyond that a start is
+// refused until the sweeper drops the expired ones.
 type pendingStore struct {
-	mu sync.Mutex
-	m  map[[32]byte]pendingOIDC
+	mu  sync.Mutex
+	m   map[[32]byte]pendingOIDC
+	max int
 }
 
-func newPendingStore() *pendingStore { return &pendingStore{m: map[[32]byte]pendingOIDC{}} }
+func newPendingStore(max int) *pendingStore {
+	return &pendingStore{m: map[[32]byte]pendingOIDC{}, max: max}
+}
 
-// pendingOIDCTTL is how long a user may take at the identity provider.
-const pendingOIDCTTL = 10 * time.Minute
+const (
+	// pendingOIDCTTL is how long a user may take at the identity provider.
+	pendingOIDCTTL = 10 * time.Minute
+	// maxPendingOIDC bounds the sign-ins in flight (~200 bytes each).
+	maxPendingOIDC = 10_000
+	// sweepEvery is how often expired sessions and sign-ins are dropped.
+	sweepEvery = time.Minute
+)
 
-func (p *pendingStore) put(v pendingOIDC) string {
+// put stores v under a fresh handle; ok is false when too many sign-ins
+// are in flight.
+func (p *pendingStore) put(v pendingOIDC) (handle string, ok bool) {
 	id := randomToken()
-	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.m) >= p.max {
+		return "", false
+	}
+	v.expires = time.Now().Add(pendingOIDCTTL)
+	p.m[sha256.Sum256([]byte(id))] = v
+	return id, true
+}
+
+func (p *pendingStore) sweep(now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for k, e := range p.m {
@@ -176,9 +228,6 @@ func (p *pendingStore) put(v pendingOIDC) string {
 			delete(p.m, k)
 		}
 	}
-	v.expires = now.Add(pendingOIDCTTL)
-	p.m[sha256.Sum256([]byte(id))] = v
-	return id
 }
 
 // take returns and removes a pending sign-in: a callback is used once.
@@ -202,13 +251,22 @@ func equalSecret(a, b string) bool {
 	return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
 }
 
-// cookie is a portal cookie: HttpOnly, Path=/, Secure when the public URL
-// is https.
+// cookie is a portal cookie: HttpOnly, Path=/, and when the public URL is
+// https Secure with the __Host- prefix (cookieName), so no other host of
+// the site can set or overwrite it.
 func (s *Server) cookie(name, value string, sameSite http.SameSite, maxAge int) *http.Cookie {
 	return &http.Cookie{
-		Name: name, Value: value, Path: "/", HttpOnly: true, Secure: s.secure,
+		Name: s.cookieName(name), Value: value, Path: "/", HttpOnly: true, Secure: s.secure,
 		SameSite: sameSite, MaxAge: maxAge,
 	}
+}
+
+// cookieName is the name a portal cookie goes by: __Host-<name> over https.
+func (s *Server) cookieName(name string) string {
+	if s.secure {
+		return "__Host-" + name
+	}
+	return name
 }
 
 func (s *Server) clearCookie(w http.ResponseWriter, name string, sameSite http.SameSite) {

@@ -31,10 +31,18 @@ func (s *Server) userClient(token string) (*api.Client, error) {
 	return c, nil
 }
 
+// pageTimeout bounds everything one page asks of Vault.
+const pageTimeout = 30 * time.Second
+
 // authed wraps a page handler: no session sends to sign-in; a POST needs
 // the session's CSRF token.
 func (s *Server) authed(post bool, h pageFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A page's Vault calls all end within pageTimeout, before the
+		// server's WriteTimeout, and stop when the client goes.
+		ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
+		defer cancel()
+		r = r.WithContext(ctx)
 		ss, ok := s.sessions.fromRequest(r)
 		if !ok {
 			if post {
@@ -272,4 +280,16 @@ func str(m map[string]interface{}, k string) string {
 	default:
 		return fmt.Sprint(v)
 	}
+}
+
+// guarded runs f, turning a panic into an error: a bug in one of a page's
+// worker goroutines (which the handler's recover does not cover) fails
+// that page, not the process.
+func guarded(f func() error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("portal worker panicked: %v", v)
+		}
+	}()
+	return f()
 }
