@@ -89,8 +89,7 @@ func (s *Server) anomaliesPage(w http.ResponseWriter, r *http.Request, rc *reqCt
 		}
 	}
 	// metrics answers Prometheus text, not Vault's JSON envelope.
-	req := rc.vault.NewRequest(http.MethodGet, "/v1/"+s.cfg.Mount+"/metrics")
-	resp, err := rc.vault.RawRequestWithContext(ctx, req)
+	resp, err := rc.vault.Logical().ReadRawWithContext(ctx, s.cfg.Mount+"/metrics")
 	if resp != nil {
 		defer resp.Body.Close()
 	}
