@@ -3,16 +3,19 @@
 # registered, mounted at apikeys/ and bootstrapped (bootstrap/apply.sh: audit
 # device, tier policies, userpass and JWT auth with a stand-in identity
 # provider, OIDC sign-in through the stand-in OpenID Connect provider
-# scripts/devidp; bootstrap/demo.sh: tenants acme and globex and demo logins).
-# Runs until Ctrl-C, then stops Vault and the provider and removes their files.
+# scripts/devidp; bootstrap/demo.sh: tenants acme and globex and demo logins),
+# and the self-service portal (bin/apikeys-portal) beside it.
+# Runs until Ctrl-C, then stops Vault, the provider and the portal and
+# removes their files.
 #
 #   VAULT_DEV_PORT   listen port (default 8200; the next port is Vault's
 #                    cluster port and must be free too)
 #   DEVIDP_PORT      the stand-in OIDC provider's loopback port (default
 #                    VAULT_DEV_PORT + 2)
+#   PORTAL_PORT      the portal's loopback port (default 8300)
 #   PORTAL_URL       the portal's public URL: Vault's oidc role and the
 #                    provider allow its callback PORTAL_URL/auth/oidc/callback
-#                    (default http://127.0.0.1:8300, the portal's -listen)
+#                    (default http://127.0.0.1:PORTAL_PORT, the portal's -listen)
 #   ENFORCE_ENTITY_TENANT  the plugin's tenant guard (default false here, so
 #                    the root token can still use every tenant's paths;
 #                    bootstrap/apply.sh defaults to true)
@@ -31,10 +34,13 @@ plugin_bin=${PLUGIN_BIN:-$root/bin/vault-plugin-secrets-apikeys}
 version=${PLUGIN_VERSION:?PLUGIN_VERSION must be set (make dev sets it)}
 port=${VAULT_DEV_PORT:-8200}
 idp_port=${DEVIDP_PORT:-$((port + 2))}
-portal_url=${PORTAL_URL:-http://127.0.0.1:8300}
+portal_port=${PORTAL_PORT:-8300}
+portal_url=${PORTAL_URL:-http://127.0.0.1:$portal_port}
 portal_url=${portal_url%/}
 devidp_bin=${DEVIDP_BIN:-$root/bin/apikeys-devidp}
 [ -x "$devidp_bin" ] || { echo "error: $devidp_bin is missing: run make devidp (make dev does)" >&2; exit 1; }
+portal_bin=${PORTAL_BIN:-$root/bin/apikeys-portal}
+[ -x "$portal_bin" ] || { echo "error: $portal_bin is missing: run make build (make dev does)" >&2; exit 1; }
 # One state folder per port, so two dev servers on different ports never
 # take each other for a stale one.
 state=${TMPDIR:-/tmp}/vault-plugin-secrets-apikeys-dev-$(id -u)-$port
@@ -50,6 +56,14 @@ mkdir -p "$root/bin"
 ln -sfn "$vault_target" "$root/bin/vault"
 
 # A server left by an earlier `make dev` that was killed hard goes first.
+if [ -f "$state/portal.pid" ]; then
+  old=$(cat "$state/portal.pid")
+  if kill -0 "$old" 2>/dev/null && grep -q "apikeys-portal" "/proc/$old/cmdline" 2>/dev/null; then
+    echo "==> Stopping the portal left by an earlier make dev (pid $old)"
+    kill -- "-$old" 2>/dev/null || kill "$old" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$old" 2>/dev/null || break; sleep 0.2; done
+  fi
+fi
 if [ -f "$state/vault.pid" ]; then
   old=$(cat "$state/vault.pid")
   if kill -0 "$old" 2>/dev/null && grep -q "vault" "/proc/$old/cmdline" 2>/dev/null; then
@@ -65,10 +79,15 @@ port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$port" "$((port + 1))" "$idp_port"; do
   if port_taken "$p"; then
     echo "error: port $p on 127.0.0.1 is already in use by another process." >&2
-    echo "       Stop it, or pick other ports: VAULT_DEV_PORT=8300 make dev" >&2
+    echo "       Stop it, or pick other ports: VAULT_DEV_PORT=8400 make dev" >&2
     exit 1
   fi
 done
+if port_taken "$portal_port"; then
+  echo "error: port $portal_port on 127.0.0.1 (the portal's) is already in use by another process." >&2
+  echo "       Stop it, or pick another port: PORTAL_PORT=8310 make dev" >&2
+  exit 1
+fi
 
 cp "$plugin_bin" "$state/plugins/"
 export VAULT_ADDR="http://127.0.0.1:$port" VAULT_TOKEN=$token
@@ -89,11 +108,16 @@ cleanup() {
   set +e
   kill -- "-$vault_pid" 2>/dev/null
   [ -z "${idp_pid:-}" ] || kill -- "-$idp_pid" 2>/dev/null
+  [ -z "${portal_pid:-}" ] || kill -- "-$portal_pid" 2>/dev/null
   for _ in $(seq 50); do kill -0 "$vault_pid" 2>/dev/null || break; sleep 0.2; done
   kill -9 -- "-$vault_pid" 2>/dev/null
   [ -z "${idp_pid:-}" ] || kill -9 -- "-$idp_pid" 2>/dev/null
+  if [ -n "${portal_pid:-}" ]; then
+    for _ in $(seq 25); do kill -0 "$portal_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 -- "-$portal_pid" 2>/dev/null
+  fi
   rm -rf "$state"
-  printf '\n==> Vault and the identity provider stopped\n' 2>/dev/null
+  printf '\n==> Vault, the identity provider and the portal stopped\n' 2>/dev/null
 }
 trap cleanup INT TERM HUP EXIT
 
@@ -138,6 +162,24 @@ echo "==> Demo tenants and logins"
 VAULT="$vault_bin" DEMO_CREDENTIALS="$state/demo-logins" "$root/bootstrap/demo.sh"
 pw() { sed -n "s/^$1=//p" "$state/demo-logins"; }
 
+# The portal holds no token of its own: VAULT_TOKEN (root here) is kept out
+# of its environment, so it works only with each signed-in user's token.
+echo "==> Starting the self-service portal on $portal_url"
+setsid env -u VAULT_TOKEN "$portal_bin" -listen="127.0.0.1:$portal_port" -vault-addr="$VAULT_ADDR" \
+  -mount=apikeys -public-url="$portal_url" -userpass-mount=userpass -oidc-mount=oidc -oidc-role=portal \
+  >"$state/portal.log" 2>&1 &
+portal_pid=$!
+echo "$portal_pid" >"$state/portal.pid"
+for _ in $(seq 100); do
+  if curl -fsS "http://127.0.0.1:$portal_port/healthz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$portal_pid" 2>/dev/null; then
+    echo "error: the portal exited during start:" >&2
+    tail -20 "$state/portal.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+
 cat <<MSG
 
 Vault is running with the API keys engine at apikeys/.
@@ -175,6 +217,15 @@ or the platform admin; no password; the tenant and tier come from its claims):
   the printed URL in a browser on this machine)
 The portal signs in through the same role; its callback is
 $portal_url/auth/oidc/callback (set PORTAL_URL to change it).
+
+The self-service portal: $portal_url (log: $state/portal.log)
+  userpass logins:
+    acme-admin      $(pw acme-admin)   (acme's tenant admin)
+    acme-dev        $(pw acme-dev)   (acme's developer)
+    platform-admin  $(pw platform-admin)   (every tenant; Manage tenants, Anomalies)
+  or "Sign in with your identity provider": one click at the stand-in provider
+  (pick acme's tenant admin, acme's developer, globex's tenant admin or the
+  platform admin).
 
 Tenant guard (enforce_entity_tenant) is $enforce.$(
   if [ "$enforce" = true ]; then

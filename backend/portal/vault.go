@@ -213,7 +213,7 @@ func hasCap(caps []string, c string) bool {
 
 // allowed reports whether every check of e is granted.
 func (rc *reqCtx) allowed(ctx context.Context, e *navEntry) bool {
-	if rc.tenant == "" {
+	if rc.tenant == "" && e.perTenant() {
 		return false
 	}
 	caps := rc.capabilities(ctx)
@@ -228,7 +228,7 @@ func (rc *reqCtx) allowed(ctx context.Context, e *navEntry) bool {
 // require refuses the request with a plain 403 page when the nav would not
 // offer e: a page that is not offered cannot be reached by its URL either.
 func (rc *reqCtx) require(w http.ResponseWriter, r *http.Request, e *navEntry) bool {
-	if !rc.needTenant(w, r) {
+	if e.perTenant() && !rc.needTenant(w, r) {
 		return false
 	}
 	if rc.allowed(r.Context(), e) {
@@ -238,6 +238,17 @@ func (rc *reqCtx) require(w http.ResponseWriter, r *http.Request, e *navEntry) b
 		return false
 	}
 	rc.s.message(w, r, rc, http.StatusForbidden, "Permission denied", "Your policy does not give you this page.")
+	return false
+}
+
+// perTenant reports whether e's checks name the session's tenant; an entry
+// that does not (the platform admin's pages) is offered without one.
+func (e *navEntry) perTenant() bool {
+	for _, c := range e.needs {
+		if strings.Contains(c.path, "{tenant}") {
+			return true
+		}
+	}
 	return false
 }
 
