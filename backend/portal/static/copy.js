@@ -9,10 +9,14 @@ document.addEventListener("DOMContentLoaded", function () {
     }
     b.hidden = false;
     b.addEventListener("click", function () {
-      navigator.clipboard.writeText(field.value).then(function () {
+      // An input's value, or a <pre>'s text (the integration snippets).
+      var text = field.value !== undefined ? field.value : field.textContent;
+      navigator.clipboard.writeText(text).then(function () {
         b.textContent = "Copied";
       }, function () {
-        field.select();
+        if (field.select) {
+          field.select();
+        }
         b.textContent = "Select and copy by hand";
       });
     });
