@@ -573,9 +573,7 @@ func TestBrowserMarkupShownAsText(t *testing.T) {
 		// display name must be text wherever it is shown (the key's name
 		// is shown on its pages for sure).
 		paths := []string{"/tenants", "/keys/" + str(iss.Data, "key_id")}
-		for _, l := range navLinks(t, p) {
-			paths = append(paths, l)
-		}
+		paths = append(paths, navLinks(t, p)...)
 		shown := 0
 		for _, path := range paths {
 			e.goTo(t, p, path)
