@@ -39,6 +39,7 @@ var (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	closeWeb() // the browser tests' Chromium, portal and identity provider
 	if shared != nil {
 		if code != 0 {
 			fmt.Fprintf(os.Stderr, "--- vault server log (tail) ---\n%s\n", shared.LogTail(40))
