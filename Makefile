@@ -10,6 +10,7 @@
 #   make fuzz   a bounded run of every fuzz target (FUZZTIME each)
 #   make dev-smoke  make dev started, queried and stopped, unattended (CI)
 #   make lease-cost what a Vault lease per key costs (LEASE_KEYS of each kind)
+#   make screenshots  the pictures of docs/portal.md, from the browser tests
 #   make release VERSION=vX.Y.Z  reproducible release binaries in dist/ with SHA256SUMS
 #   make caddy  Caddy with the apikeys module (printed path; cached per machine)
 
@@ -27,7 +28,7 @@ FUZZTIME    ?= 30s
 BENCHTIME   ?= 1s
 LEASE_KEYS  ?= 20000
 
-.PHONY: build devidp dev test test-ha lint fmt vault caddy tools bench fuzz dev-smoke lease-cost release
+.PHONY: build devidp dev test test-ha lint fmt vault caddy tools bench fuzz dev-smoke lease-cost release screenshots
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
@@ -64,6 +65,11 @@ dev: build devidp vault
 test: tools vault caddy
 	APIKEYS_REQUIRE_BROWSER=1 go test -count=1 -v -timeout $(TEST_TIMEOUT) ./...
 	cd scripts/caddy && go test -count=1 ./...
+
+# The pictures of docs/portal.md, taken by the portal's browser tests from
+# fixed demo data (make test takes them too, into a temporary folder).
+screenshots: tools vault
+	PORTAL_SCREENSHOTS=docs APIKEYS_REQUIRE_BROWSER=1 go test -count=1 -run 'TestBrowserScreenshots|TestPortalDocScreenshots' ./backend/portal
 
 # Three Vault servers for about a minute, so `make test` skips it (the test
 # runs only with APIKEYS_HA=1); CI runs it after make test.

@@ -45,6 +45,17 @@ var shots = []shot{
 	{name: "developer-keys", user: "acme-dev", path: "/keys"},
 	{name: "developer-roles-refused", user: "acme-dev", path: "/roles"},
 	{name: "tenants", user: "platform-admin", path: "/tenants"},
+	{name: "static-keys", user: "acme-admin", path: "/static-keys"},
+	{name: "static-key", user: "acme-admin", path: "/static-keys/checkout"},
+	{name: "usage", user: "acme-admin", path: "/usage"},
+	{name: "usage-phone", user: "acme-admin", path: "/usage", phone: true},
+	{name: "key-usage", user: "acme-admin", path: "/keys/{key}/usage"},
+	{name: "notifications", user: "platform-admin", path: "/notifications"},
+	{name: "snippets", user: "acme-admin", path: "/snippets"},
+	{name: "admin-tenants", user: "platform-admin", path: "/admin/tenants"},
+	{name: "admin-tenant", user: "platform-admin", path: "/admin/tenants/acme"},
+	{name: "admin-tenant-new", user: "platform-admin", path: "/admin/tenants/new"},
+	{name: "anomalies", user: "platform-admin", path: "/admin/anomalies"},
 }
 
 // shotPagesNotInNav are routes of a nav-less page that have a picture all
@@ -137,8 +148,15 @@ const maskJS = `(() => {
 	return true;
 })()`
 
+// shotsDir is where the pictures go: docs/portal when PORTAL_SCREENSHOTS=docs
+// (make screenshots), else a temporary folder, so that make test checks
+// every picture can be taken without rewriting the committed ones (the
+// usage charts' axes show the day they were taken).
 func shotsDir(t *testing.T) string {
 	t.Helper()
+	if os.Getenv("PORTAL_SCREENSHOTS") != "docs" {
+		return t.TempDir()
+	}
 	root, err := testvault.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -146,8 +164,9 @@ func shotsDir(t *testing.T) string {
 	return filepath.Join(root, "docs", "portal")
 }
 
-// TestBrowserScreenshots writes docs/portal/<name>.png for every row of
-// shots, at the fixed viewports of scripts/browser, from fixed demo data.
+// TestBrowserScreenshots takes a picture of every row of shots, at the fixed
+// viewports of scripts/browser, from fixed demo data (into docs/portal
+// with PORTAL_SCREENSHOTS=docs: make screenshots).
 func TestBrowserScreenshots(t *testing.T) {
 	e := webTest(t)
 	d := demoKeys(t, e)
