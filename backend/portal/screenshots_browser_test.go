@@ -1,6 +1,7 @@
 package portal
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -8,6 +9,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
 
 	chromium "github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/browser"
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
@@ -27,7 +31,54 @@ type shot struct {
 
 // shotData is the fixed demo data of the screenshots.
 type shotData struct {
-	keyID string // acme's "checkout-service" key
+	keyID string            // acme's "checkout-service" key
+	keys  map[string]string // the demo keys by name
+}
+
+// demoUsage gives acme's usage pages something to draw: verifies of each
+// kind through Vault, a gateway's report, and a flush (reloading the
+// mount's backend: Clean flushes) that puts them in the history.
+func demoUsage(t *testing.T, e *webEnv, d *shotData) {
+	t.Helper()
+	root := e.srv.Client
+	verify := func(n int, body map[string]interface{}) {
+		for range n {
+			if _, err := root.Logical().Write("apikeys/verify", body); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	verify(40, map[string]interface{}{"api_key": d.keys["checkout-service"]})
+	verify(6, map[string]interface{}{"api_key": d.keys["checkout-service"], "required_scopes": "admin"})
+	verify(9, map[string]interface{}{"api_key": d.keys["mobile-app"]})
+	verify(12, map[string]interface{}{"api_key": d.keys["local-dev"]})
+	verify(3, map[string]interface{}{"api_key": "ak_live_not-a-key"})
+	if _, err := root.Logical().Write("apikeys/usage/report", map[string]interface{}{"reports": []map[string]interface{}{{
+		"tenant": "acme", "key_id": d.keyID, "requests": 38, "errors": 2,
+		"upstream_latency_ms_sum": 38 * 42.5, "upstream_latency_ms_max": 120,
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Sys().ReloadPlugin(&api.ReloadPluginInput{Mounts: []string{"apikeys"}}); err != nil {
+		t.Fatalf("reload the mount (its Clean flushes usage): %v", err)
+	}
+	// The tenant guard lets no root token read a tenant's paths.
+	admin := login(t, e.srv, "platform-admin")
+	testvault.WaitFor(t, 30*time.Second, "acme's usage history after the flush", func() error {
+		s, err := admin.Logical().ReadWithData("apikeys/tenants/acme/usage/history", map[string][]string{"granularity": {"hour"}})
+		if err != nil {
+			return err
+		}
+		if s != nil {
+			buckets, _ := s.Data["buckets"].([]interface{})
+			for _, b := range buckets {
+				if m, _ := b.(map[string]interface{}); str(m, "requests") == "38" {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no bucket holds the report's 38 requests yet")
+	})
 }
 
 var shots = []shot{
@@ -91,7 +142,7 @@ func demoKeys(t *testing.T, e *webEnv) *shotData {
 			}
 		}
 	}
-	d := &shotData{}
+	d := &shotData{keys: map[string]string{}}
 	for _, k := range []struct{ role, name, status string }{
 		{"web", "checkout-service", ""},
 		{"web", "mobile-app", "disabled"},
@@ -102,6 +153,7 @@ func demoKeys(t *testing.T, e *webEnv) *shotData {
 			t.Fatal(err)
 		}
 		id := str(s.Data, "key_id")
+		d.keys[k.name] = str(s.Data, "api_key")
 		if k.status != "" {
 			if _, err := admin.Logical().Write("apikeys/tenants/acme/keys/"+id, map[string]interface{}{"status": k.status}); err != nil {
 				t.Fatal(err)
@@ -170,6 +222,7 @@ func shotsDir(t *testing.T) string {
 func TestBrowserScreenshots(t *testing.T) {
 	e := webTest(t)
 	d := demoKeys(t, e)
+	demoUsage(t, e, d)
 	dir := shotsDir(t)
 	for _, s := range shots {
 		t.Run(s.name, func(t *testing.T) {
