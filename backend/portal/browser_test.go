@@ -595,6 +595,9 @@ func TestBrowserMarkupShownAsText(t *testing.T) {
 		if shown == 0 {
 			t.Fatal("no page showed the markup at all")
 		}
+		// The tenant's own admin page shows its display name for sure.
+		e.goTo(t, p, "/admin/tenants/markup")
+		wantMarkupAsText(t, p, "/admin/tenants/markup", markup, true)
 	})
 }
 
