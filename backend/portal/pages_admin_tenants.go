@@ -55,12 +55,10 @@ type tenantRow struct {
 }
 
 type adminTenantsData struct {
-	Rows             []tenantRow
-	Total, From, To  int
-	NextURL, PrevURL string
-	FirstURL         string
-	CanActAs         bool
-	ActiveTenant     string
+	Rows []tenantRow
+	pager
+	CanActAs     bool
+	ActiveTenant string
 }
 
 // adminTenantsPage lists the tenants a page at a time. Vault's tenant list
@@ -84,28 +82,12 @@ func (s *Server) adminTenantsPage(w http.ResponseWriter, r *http.Request, rc *re
 	if sec != nil {
 		names = stringList(sec.Data["keys"])
 	}
-	sort.Strings(names)
-	start := sort.SearchStrings(names, after)
-	if start < len(names) && names[start] == after {
-		start++
-	}
-	size := s.cfg.PageSize
-	end := min(len(names), start+size)
-	d := adminTenantsData{Total: len(names), From: start + 1, To: end, CanActAs: rc.sess.canListTenants, ActiveTenant: rc.tenant}
-	for _, n := range names[start:end] {
-		d.Rows = append(d.Rows, rc.tenantRow(r, n))
-	}
-	if start > 0 {
-		d.FirstURL = "/admin/tenants"
-		if prev := start - size; prev > 0 {
-			d.PrevURL = "/admin/tenants?" + url.Values{"after": {names[prev-1]}}.Encode()
-		} else {
-			d.PrevURL = "/admin/tenants"
-		}
-	}
-	if end < len(names) {
-		d.NextURL = "/admin/tenants?" + url.Values{"after": {names[end-1]}}.Encode()
-	}
+	shown, pg := pageOf(names, after, s.cfg.PageSize, "/admin/tenants")
+	d := adminTenantsData{Rows: make([]tenantRow, len(shown)), pager: pg, CanActAs: rc.sess.canListTenants, ActiveTenant: rc.tenant}
+	each(len(shown), func(i int) { d.Rows[i] = rc.tenantRow(r, shown[i]) }, func(i int, err error) {
+		rc.s.log.Error("tenant row", "tenant", shown[i], "error", err)
+		d.Rows[i] = tenantRow{Name: shown[i], ReadFailed: true}
+	})
 	s.render(w, r, rc, "admin_tenants.html", "Manage tenants", http.StatusOK, d)
 }
 

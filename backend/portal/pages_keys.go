@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -226,27 +225,10 @@ func (f keysFilter) query(v url.Values) url.Values {
 // read it. A key whose read fails is shown with what the list said.
 func (rc *reqCtx) keyRows(ctx context.Context, ids []string, infos map[string]map[string]interface{}, withQuota bool) []keyRow {
 	rows := make([]keyRow, len(ids))
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for range min(keyReadWorkers, len(ids)) {
-		wg.Go(func() {
-			for i := range next {
-				err := guarded(func() error {
-					rows[i] = rc.keyRow(ctx, ids[i], infos[ids[i]], withQuota)
-					return nil
-				})
-				if err != nil {
-					rc.s.log.Error("key row", "key_id", ids[i], "error", err)
-					rows[i] = keyRow{ID: ids[i], Status: "unknown"}
-				}
-			}
-		})
-	}
-	for i := range ids {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	each(len(ids), func(i int) { rows[i] = rc.keyRow(ctx, ids[i], infos[ids[i]], withQuota) }, func(i int, err error) {
+		rc.s.log.Error("key row", "key_id", ids[i], "error", err)
+		rows[i] = keyRow{ID: ids[i], Status: "unknown"}
+	})
 	return rows
 }
 

@@ -3,10 +3,8 @@ package portal
 import (
 	"context"
 	"net/http"
-	"net/url"
 	"sort"
 	"strconv"
-	"sync"
 	"time"
 )
 
@@ -41,9 +39,8 @@ type staticRow struct {
 }
 
 type staticListData struct {
-	Rows             []staticRow
-	Total, From, To  int
-	NextURL, PrevURL string
+	Rows []staticRow
+	pager
 }
 
 // staticView is one static key's record as the pages show it.
@@ -98,48 +95,28 @@ func (s *Server) staticKeysPage(w http.ResponseWriter, r *http.Request, rc *reqC
 	if sec != nil {
 		names = stringList(sec.Data["keys"])
 	}
-	sort.Strings(names)
-	start := 0
-	if after != "" {
-		start = sort.Search(len(names), func(i int) bool { return names[i] > after })
-	}
-	end := min(len(names), start+s.cfg.PageSize)
-	d := staticListData{Total: len(names), From: start + 1, To: end}
-	if end < len(names) {
-		d.NextURL = "/static-keys?" + url.Values{"after": {names[end-1]}}.Encode()
-	}
-	if start > 0 {
-		d.PrevURL = "/static-keys"
-		if p := start - s.cfg.PageSize; p > 0 {
-			d.PrevURL = "/static-keys?" + url.Values{"after": {names[p-1]}}.Encode()
-		}
-	}
-	d.Rows = rc.staticRows(ctx, names[start:end])
+	shown, pg := pageOf(names, after, s.cfg.PageSize, "/static-keys")
+	d := staticListData{Rows: rc.staticRows(ctx, shown), pager: pg}
 	s.render(w, r, rc, "static_keys.html", "Static keys", http.StatusOK, d)
 }
 
 func (rc *reqCtx) staticRows(ctx context.Context, names []string) []staticRow {
 	rows := make([]staticRow, len(names))
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for range min(keyReadWorkers, len(names)) {
-		wg.Go(func() {
-			for i := range next {
-				sec, err := rc.vault.Logical().ReadWithContext(ctx, rc.path("static-keys/"+names[i]))
-				if err != nil || sec == nil {
-					// Shown by name only: the page still lists it.
-					rows[i] = staticRow{Name: names[i], Status: "–", Rotation: "–", Grace: "–", LastRotated: "–", NextRotation: "–"}
-					continue
-				}
-				rows[i] = staticView(names[i], sec.Data)
-			}
-		})
+	// A key whose read fails is shown by name only: the page still lists it.
+	byName := func(i int) {
+		rows[i] = staticRow{Name: names[i], Status: "–", Rotation: "–", Grace: "–", LastRotated: "–", NextRotation: "–"}
 	}
-	for i := range names {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	each(len(names), func(i int) {
+		sec, err := rc.vault.Logical().ReadWithContext(ctx, rc.path("static-keys/"+names[i]))
+		if err != nil || sec == nil {
+			byName(i)
+			return
+		}
+		rows[i] = staticView(names[i], sec.Data)
+	}, func(i int, err error) {
+		rc.s.log.Error("static key row", "name", names[i], "error", err)
+		byName(i)
+	})
 	return rows
 }
 
