@@ -102,6 +102,7 @@ func newBackend() *backend {
 				verifierPath,
 				staticPrefix,
 				notifyTargetPrefix,
+				tenantNotifyPrefix,
 			},
 			LocalStorage: []string{
 				framework.WALPrefix,
@@ -159,7 +160,7 @@ func (b *backend) invalidate(ctx context.Context, key string) {
 		b.forgetTenant(strings.TrimPrefix(key, tenantPrefix))
 	case strings.HasPrefix(key, hashPrefix):
 		b.forgetKey(strings.TrimPrefix(key, hashPrefix))
-	case strings.HasPrefix(key, notifyTargetPrefix):
+	case strings.HasPrefix(key, notifyTargetPrefix), strings.HasPrefix(key, tenantNotifyPrefix):
 		b.forgetTargets()
 	case key == monitorConfigPath:
 		b.forgetMonitorConfig()

@@ -30,6 +30,9 @@ type mountConfig struct {
 	// LeakAction is what leaks/report does to a key it matches: revoke,
 	// disable or notify.
 	LeakAction string `json:"leak_action"`
+	// TenantWebhookPrivateOK lifts the guard of tenants' webhook targets
+	// (https only, public addresses only) for development and tests.
+	TenantWebhookPrivateOK bool `json:"tenant_webhook_private_ok"`
 }
 
 func defaultConfig() *mountConfig {
@@ -77,6 +80,11 @@ func (b *backend) pathConfig() []*framework.Path {
 				Description:   "What leaks/report does to a key a secret scanner reports: revoke it (as keys/<key_id> delete), disable it (as keys/<key_id> status=disabled), or notify (the key-leaked event only). Each raises key-leaked.",
 				Default:       leakRevoke,
 				AllowedValues: []interface{}{leakRevoke, leakDisable, leakNotify},
+			},
+			"tenant_webhook_private_ok": {
+				Type: framework.TypeBool,
+				Description: "When true, tenants' own notification targets (tenants/<tenant>/notifications/<name>) may use http and reach loopback, private, link-local and other non-public addresses. " +
+					"Default false: they must use https, and every delivery is refused, at dial time, to an address that is not public. For development and tests only; the mount's own targets are never restricted.",
 			},
 		},
 		ExistenceCheck: b.configExists,
@@ -136,6 +144,8 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"enforce_entity_tenant": cfg.EnforceEntityTenant,
 		"platform_admin_groups": nonNilSlice(cfg.PlatformAdminGroups),
 		"leak_action":           cfg.LeakAction,
+
+		"tenant_webhook_private_ok": cfg.TenantWebhookPrivateOK,
 	}}, nil
 }
 
@@ -197,6 +207,11 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 			return logical.ErrorResponse("invalid leak_action %q: must be %q, %q or %q", a, leakRevoke, leakDisable, leakNotify), nil
 		}
 	}
+	if v, ok, err := d.GetOkErr("tenant_webhook_private_ok"); err != nil {
+		return fieldError("tenant_webhook_private_ok", err), nil
+	} else if ok {
+		cfg.TenantWebhookPrivateOK = v.(bool)
+	}
 	if cfg.MaxTTL > 0 && cfg.DefaultTTL > cfg.MaxTTL {
 		return logical.ErrorResponse("default_ttl (%s) must not exceed max_ttl (%s)", cfg.DefaultTTL, cfg.MaxTTL), nil
 	}
@@ -235,6 +250,10 @@ Mount-wide settings:
   leak_action     what leaks/report does to a key a secret scanner
                   reports: revoke (default), disable or notify; each
                   raises a key-leaked event
+  tenant_webhook_private_ok  when true, tenants' own webhook targets may
+                  use http and private or loopback addresses (development
+                  and tests); default false: https and public addresses
+                  only, checked when each delivery connects
 
 TTLs are further capped by the mount's tuned max lease TTL. Reading the
 configuration never returns secret material: the HMAC pepper that protects

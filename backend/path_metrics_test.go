@@ -165,8 +165,9 @@ func TestMonitoringPathsFollowTheConventions(t *testing.T) {
 			}
 		}
 	}
-	// 9, and the two usage/history paths.
-	if found != 11 {
-		t.Fatalf("found %d monitoring paths, want 11", found)
+	// 9, the two usage/history paths and the five of tenants' own
+	// notifications.
+	if found != 16 {
+		t.Fatalf("found %d monitoring paths, want 16", found)
 	}
 }

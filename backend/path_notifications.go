@@ -22,7 +22,7 @@ func (b *backend) pathNotifications() []*framework.Path {
 	failedID := map[string]*framework.FieldSchema{
 		"id": {Type: framework.TypeString, Description: "Id of the dead letter: <event id>.<target>.", Required: true},
 	}
-	return []*framework.Path{
+	return append([]*framework.Path{
 		{
 			Pattern:      "config/notifications/?$",
 			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
@@ -132,7 +132,7 @@ func (b *backend) pathNotifications() []*framework.Path {
 			HelpSynopsis:    pathFailedHelpSyn,
 			HelpDescription: pathFailedHelpDesc,
 		},
-	}
+	}, b.pathTenantNotifications()...)
 }
 
 func readTarget(ctx context.Context, s logical.Storage, name string) (*notify.Target, error) {
@@ -140,16 +140,32 @@ func readTarget(ctx context.Context, s logical.Storage, name string) (*notify.Ta
 }
 
 // lookupTarget serves the dispatcher: always fresh from storage, so a
-// changed URL or secret applies to the very next attempt.
+// changed URL or secret applies to the very next attempt. name is a mount
+// target's name or a tenant target's tenantTargetRef.
 func (b *backend) lookupTarget(ctx context.Context, name string) (*notify.Target, error) {
 	s := b.deliveryStorage()
 	if s == nil {
 		s = b.storage
 	}
-	return readTarget(ctx, s, name)
+	tenant, local, ok := splitTargetRef(name)
+	if !ok {
+		return readTarget(ctx, s, name)
+	}
+	t, err := readTenantTarget(ctx, s, tenant, local)
+	if err != nil || t == nil {
+		return nil, err
+	}
+	cfg, err := b.cachedConfig(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	t.PublicOnly = !cfg.TenantWebhookPrivateOK
+	return t, nil
 }
 
-// notificationTargets returns every target, cached until a target changes.
+// notificationTargets returns every target, the mount's and every
+// tenant's, cached until a target changes. A tenant's target is named by
+// its tenantTargetRef and wants only its own tenant's events.
 func (b *backend) notificationTargets(ctx context.Context, s logical.Storage) ([]*notify.Target, error) {
 	b.targetsMu.Lock()
 	defer b.targetsMu.Unlock()
@@ -170,11 +186,32 @@ func (b *backend) notificationTargets(ctx context.Context, s logical.Storage) ([
 			list = append(list, t)
 		}
 	}
+	tenants, err := s.List(ctx, tenantNotifyPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("list tenants with notification targets: %w", err)
+	}
+	for _, tn := range tenants {
+		tenant := strings.TrimSuffix(tn, "/")
+		names, err := s.List(ctx, tenantTargetPrefix(tenant))
+		if err != nil {
+			return nil, fmt.Errorf("list notification targets of tenant %q: %w", tenant, err)
+		}
+		for _, n := range names {
+			t, err := readTenantTarget(ctx, s, tenant, n)
+			if err != nil {
+				return nil, err
+			}
+			if t != nil {
+				list = append(list, t)
+			}
+		}
+	}
 	b.targets = list
 	return list, nil
 }
 
-// forgetTargets serves writes and Invalidate of config/notifications/*.
+// forgetTargets serves writes and Invalidate of config/notifications/* and
+// config/tenant-notifications/*.
 func (b *backend) forgetTargets() {
 	b.targetsMu.Lock()
 	b.targets = nil
@@ -238,36 +275,9 @@ func (b *backend) pathTargetWrite(ctx context.Context, req *logical.Request, d *
 		}
 		t = &notify.Target{Name: name}
 	}
-	if v, ok := d.GetOk("url"); ok {
-		if err := notify.ValidateURL(v.(string)); err != nil {
-			return fieldError("url", err), nil
-		}
-		t.URL = v.(string)
-	} else if t.URL == "" {
-		return logical.ErrorResponse("missing url"), nil
-	}
-	generated := ""
-	if v, ok := d.GetOk("secret"); ok {
-		if len(v.(string)) < minSecretLen {
-			return logical.ErrorResponse("secret must be at least %d characters", minSecretLen), nil
-		}
-		t.Secret = v.(string)
-	} else if t.Secret == "" {
-		buf := make([]byte, 32)
-		if _, err := rand.Read(buf); err != nil {
-			return nil, fmt.Errorf("generate secret: %w", err)
-		}
-		t.Secret = base64.RawURLEncoding.EncodeToString(buf)
-		generated = t.Secret
-	}
-	if v, ok := d.GetOk("events"); ok {
-		events := uniqueSorted(v.([]string))
-		for _, e := range events {
-			if !notify.ValidType(e) {
-				return logical.ErrorResponse("invalid events: %q is not one of %s", e, strings.Join(notify.Types, ", ")), nil
-			}
-		}
-		t.Events = events
+	generated, resp, err := setTargetFields(d, t, nil)
+	if resp != nil || err != nil {
+		return resp, err
 	}
 	if v, ok := d.GetOk("tenants"); ok {
 		tenants := uniqueSorted(v.([]string))
@@ -289,6 +299,49 @@ func (b *backend) pathTargetWrite(ctx context.Context, req *logical.Request, d *
 	// Shown this once, like an API key at issue: the receiver needs it.
 	data["secret"] = generated
 	return &logical.Response{Data: data}, nil
+}
+
+// setTargetFields applies url, secret and events from d to t, the part of a
+// target that the mount's and the tenants' targets share. checkURL, when
+// given, adds a rule of its own to the URL (a tenant's target: the SSRF
+// guard). generated is the secret made up here, to be returned once.
+func setTargetFields(d *framework.FieldData, t *notify.Target, checkURL func(string) error) (generated string, resp *logical.Response, err error) {
+	if v, ok := d.GetOk("url"); ok {
+		u := v.(string)
+		err := notify.ValidateURL(u)
+		if err == nil && checkURL != nil {
+			err = checkURL(u)
+		}
+		if err != nil {
+			return "", fieldError("url", err), nil
+		}
+		t.URL = u
+	} else if t.URL == "" {
+		return "", logical.ErrorResponse("missing url"), nil
+	}
+	if v, ok := d.GetOk("secret"); ok {
+		if len(v.(string)) < minSecretLen {
+			return "", logical.ErrorResponse("secret must be at least %d characters", minSecretLen), nil
+		}
+		t.Secret = v.(string)
+	} else if t.Secret == "" {
+		buf := make([]byte, 32)
+		if _, err := rand.Read(buf); err != nil {
+			return "", nil, fmt.Errorf("generate secret: %w", err)
+		}
+		t.Secret = base64.RawURLEncoding.EncodeToString(buf)
+		generated = t.Secret
+	}
+	if v, ok := d.GetOk("events"); ok {
+		events := uniqueSorted(v.([]string))
+		for _, e := range events {
+			if !notify.ValidType(e) {
+				return "", logical.ErrorResponse("invalid events: %q is not one of %s", e, strings.Join(notify.Types, ", ")), nil
+			}
+		}
+		t.Events = events
+	}
+	return generated, nil, nil
 }
 
 func (b *backend) pathTargetDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

@@ -343,6 +343,9 @@ func (b *backend) pathTenantDelete(ctx context.Context, req *logical.Request, d 
 			return nil, err
 		}
 	}
+	if err := b.tenantNotificationsDeleted(ctx, req.Storage, name); err != nil {
+		return nil, err
+	}
 	roles, err := req.Storage.List(ctx, rolePrefix(name))
 	if err != nil {
 		return nil, fmt.Errorf("list roles of tenant %q: %w", name, err)

@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -14,6 +15,9 @@ import (
 //	config/monitoring               usage, anomaly, scan and delivery settings
 //	config/notifications/<name>     webhook targets with their signing
 //	                                secrets (seal-wrapped)
+//	config/tenant-notifications/<tenant>/<name>
+//	                                a tenant's own webhook targets
+//	                                (seal-wrapped)
 //	pepper                          the HMAC secret of key records
 //	                                (seal-wrapped, never returned)
 //	tenants/<tenant>                tenant
@@ -41,7 +45,9 @@ import (
 //	edge/head, edge/changes/<seq>   the edge sync change feed
 //	notifications/outbox/<id>,      webhook deliveries pending and dead-
 //	notifications/failed/<id>       lettered (notify.OutboxPrefix,
-//	                                notify.FailedPrefix)
+//	                                notify.FailedPrefix); <id> is
+//	                                <event id>.<target>, and a tenant's
+//	                                target is <tenant>.<name> there
 //	wal/…                           rotation write-ahead log
 //	                                (framework.WALPrefix, node-local)
 //
@@ -51,6 +57,9 @@ const (
 	configPath         = "config"
 	monitorConfigPath  = "config/monitoring"
 	notifyTargetPrefix = "config/notifications/"
+	// Not under config/notifications/, whose listing is the mount's target
+	// names.
+	tenantNotifyPrefix = "config/tenant-notifications/"
 	pepperPath         = "pepper"
 	tenantPrefix       = "tenants/"
 	roleStoragePrefix  = "roles/"
@@ -80,6 +89,18 @@ const (
 func rolePrefix(tenant string) string      { return roleStoragePrefix + tenant + "/" }
 func staticKeyPrefix(tenant string) string { return staticPrefix + tenant + "/" }
 func keyIndexPrefix(tenant string) string  { return keyStoragePrefix + tenant + "/" }
+
+func tenantTargetPrefix(tenant string) string { return tenantNotifyPrefix + tenant + "/" }
+
+// tenantTargetRef is how the outbox, the dead letters and the metrics name
+// a tenant's target: names hold no dots, so "<tenant>.<name>" can never be
+// a mount target's name, and two tenants' targets of one name stay apart.
+func tenantTargetRef(tenant, name string) string { return tenant + "." + name }
+
+// splitTargetRef undoes tenantTargetRef; ok is false for a mount target.
+func splitTargetRef(ref string) (tenant, name string, ok bool) {
+	return strings.Cut(ref, ".")
+}
 
 func usageKeyPath(tenant, id string) string { return usageKeyPrefix + tenant + "/" + id }
 

@@ -9,8 +9,11 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/scripts/testvault"
 )
 
 // The RBAC matrix: every path × operation of DESIGN.md (made concrete: a
@@ -77,6 +80,12 @@ var tierAllowsOwnTenant = map[string][]string{
 		"tenants/:tenant/verify update", "tenants/:tenant/verify read",
 		"tenants/:tenant/usage read",
 		"tenants/:tenant/usage/history read", "tenants/:tenant/keys/:key_id/usage/history read",
+		"tenants/:tenant/notifications/ list",
+		"tenants/:tenant/notifications/:name create", "tenants/:tenant/notifications/:name read",
+		"tenants/:tenant/notifications/:name update", "tenants/:tenant/notifications/:name delete",
+		"tenants/:tenant/notifications/failed/ list",
+		"tenants/:tenant/notifications/failed/:id read", "tenants/:tenant/notifications/failed/:id delete",
+		"tenants/:tenant/notifications/failed/:id/requeue update",
 	},
 	"tenant-developer": {
 		"tenants/:tenant/roles/ list",
@@ -151,8 +160,47 @@ func (fx *fixture) ensureTenant(tenant string) {
 	for _, s := range []string{"checkout", "billing"} {
 		fx.do(http.MethodPost, "tenants/"+tenant+"/static-keys/"+s, map[string]interface{}{"role": "web", "rotation_period": "720h"})
 	}
+	// A target of the tenant's own that no event reaches (nothing suspends
+	// the tenant), so the matrix sends nothing anywhere.
+	fx.do(http.MethodPost, "tenants/"+tenant+"/notifications/hook", map[string]interface{}{"url": "https://hooks.example.com/" + tenant, "events": "tenant-suspended"})
 	a := fx.do(http.MethodGet, "tenants/"+tenant+"/creds/web", nil)
 	fx.key[tenant], fx.id[tenant] = a.data["api_key"].(string), a.data["key_id"].(string)
+}
+
+// deadLetter returns the id of one of the tenant's dead letters, making one
+// when there is none: a target of the tenant's own on loopback, which the
+// address guard (tenant_webhook_private_ok is off) refuses on the first
+// attempt, gets one event, and is deleted again so no other event reaches
+// it. A requeued dead letter comes back the same way ("target is no longer
+// configured").
+func (fx *fixture) deadLetter(tenant string) string {
+	fx.t.Helper()
+	list := "tenants/" + tenant + "/notifications/failed/"
+	ids := func() []interface{} {
+		a := call(fx.t, fx.admin, "LIST", fx.path(list), nil, nil)
+		keys, _ := a.data["keys"].([]interface{})
+		return keys
+	}
+	if keys := ids(); len(keys) > 0 {
+		return keys[0].(string)
+	}
+	fx.do(http.MethodPost, "tenants/"+tenant+"/notifications/refused", map[string]interface{}{"url": "https://localhost:1/hook", "events": "key-issued"})
+	fx.do(http.MethodGet, "tenants/"+tenant+"/creds/web", nil)
+	var id string
+	testvault.WaitFor(fx.t, 30*time.Second, tenant+"'s dead letter", func() bool {
+		if keys := ids(); len(keys) > 0 {
+			id = keys[0].(string)
+		}
+		return id != ""
+	})
+	fx.do(http.MethodDelete, "tenants/"+tenant+"/notifications/refused", nil)
+	return id
+}
+
+func deadLetterPath(suffix string) func(fx *fixture, tenant string) string {
+	return func(fx *fixture, tenant string) string {
+		return "tenants/" + tenant + "/notifications/failed/" + fx.deadLetter(tenant) + suffix
+	}
 }
 
 func (fx *fixture) absent(path string) {
@@ -386,6 +434,56 @@ func probes() []probe {
 				}
 				return nil
 			}},
+		{name: "tenants/:tenant/notifications/ list", path: "tenants/{tenant}/notifications/", op: "list", check: wantListed(static("hook"))},
+		{name: "tenants/:tenant/notifications/:name create", path: "tenants/{tenant}/notifications/new-hook", op: "create",
+			prep: func(fx *fixture, tenant string) string {
+				fx.absent("tenants/" + tenant + "/notifications/new-hook")
+				return ""
+			},
+			body: body(map[string]interface{}{"url": "https://hooks.example.com/new", "events": "tenant-suspended"}),
+			check: func(_ *fixture, _ string, a answer) error {
+				if sec, _ := a.data["secret"].(string); len(sec) < 32 || a.data["name"] != "new-hook" {
+					return fmt.Errorf("target create: no generated secret, or name %v", a.data["name"])
+				}
+				return nil
+			}},
+		{name: "tenants/:tenant/notifications/:name read", path: "tenants/{tenant}/notifications/hook", op: "read",
+			check: func(_ *fixture, tenant string, a answer) error {
+				if a.data["url"] != "https://hooks.example.com/"+tenant || a.data["secret"] != nil || a.data["secret_set"] != true {
+					return fmt.Errorf("target read: url %v, secret_set %v", a.data["url"], a.data["secret_set"])
+				}
+				return nil
+			}},
+		{name: "tenants/:tenant/notifications/:name update", path: "tenants/{tenant}/notifications/hook", op: "update",
+			body: body(map[string]interface{}{"events": "tenant-suspended"})},
+		{name: "tenants/:tenant/notifications/:name delete", path: "tenants/{tenant}/notifications/doomed", op: "delete",
+			prep: func(fx *fixture, tenant string) string {
+				fx.do(http.MethodPost, "tenants/"+tenant+"/notifications/doomed", map[string]interface{}{"url": "https://hooks.example.com/doomed", "events": "tenant-suspended"})
+				return ""
+			}},
+		{name: "tenants/:tenant/notifications/failed/ list", path: "tenants/{tenant}/notifications/failed/", op: "list",
+			prep: func(fx *fixture, tenant string) string {
+				fx.deadLetter(tenant)
+				return ""
+			},
+			check: func(_ *fixture, _ string, a answer) error {
+				if keys, _ := a.data["keys"].([]interface{}); len(keys) == 0 || !strings.HasSuffix(fmt.Sprint(keys[0]), ".refused") {
+					return fmt.Errorf("dead letters %v", a.data["keys"])
+				}
+				return nil
+			}},
+		{name: "tenants/:tenant/notifications/failed/:id read", path: "tenants/{tenant}/notifications/failed/x.refused", op: "read",
+			prep: deadLetterPath(""),
+			check: func(_ *fixture, tenant string, a answer) error {
+				if a.data["tenant"] != tenant || a.data["target"] != "refused" || a.data["event_type"] != "key-issued" {
+					return fmt.Errorf("dead letter: %v", a.data)
+				}
+				return nil
+			}},
+		{name: "tenants/:tenant/notifications/failed/:id delete", path: "tenants/{tenant}/notifications/failed/x.refused", op: "delete",
+			prep: deadLetterPath("")},
+		{name: "tenants/:tenant/notifications/failed/:id/requeue update", path: "tenants/{tenant}/notifications/failed/x.refused/requeue", op: "update",
+			prep: deadLetterPath("/requeue")},
 		{name: "tidy update", path: "tidy", op: "update", body: body(map[string]interface{}{})},
 		// Beyond DESIGN.md's table: mount-wide operations. A shared gateway
 		// reports the traffic it served; the rest is the platform's.

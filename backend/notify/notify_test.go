@@ -7,8 +7,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -436,4 +438,68 @@ func TestDispatcherStartFailureReturns(t *testing.T) {
 		t.Fatalf("Start after a failed one: %v", err)
 	}
 	d.Stop()
+}
+
+func TestCheckPublicAddr(t *testing.T) {
+	for _, tc := range []struct {
+		addr   string
+		public bool
+	}{
+		{"93.184.215.14", true},
+		{"2606:2800:21f:cb07:6820:80da:af6b:8b2c", true},
+		{"127.0.0.1", false},
+		{"127.9.9.9", false},
+		{"::1", false},
+		{"10.0.0.1", false},
+		{"172.16.5.4", false},
+		{"172.32.0.1", true},
+		{"192.168.1.1", false},
+		{"fd00::1", false},
+		{"fc00::1", false},
+		{"169.254.169.254", false},
+		{"fe80::1", false},
+		{"0.0.0.0", false},
+		{"::", false},
+		{"224.0.0.1", false},
+		{"ff02::1", false},
+		{"100.64.0.1", false},
+		{"255.255.255.255", false},
+		{"::ffff:127.0.0.1", false},
+		{"::ffff:10.0.0.1", false},
+	} {
+		err := CheckPublicAddr(netip.MustParseAddr(tc.addr))
+		if (err == nil) != tc.public {
+			t.Errorf("%s: public=%v, got %v", tc.addr, tc.public, err)
+		}
+		if err != nil {
+			if _, ok := asRefused(err); !ok {
+				t.Errorf("%s: %v is not a RefusedError", tc.addr, err)
+			}
+		}
+	}
+}
+
+// TestPublicOnlyTargetIsRefusedAtDial: the receiver listens on loopback;
+// a public-only target never reaches it and the delivery is dead-lettered
+// on its first attempt, while the same target without the flag gets it.
+func TestPublicOnlyTargetIsRefusedAtDial(t *testing.T) {
+	var hits atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
+	defer srv.Close()
+	d := NewDispatcher(nil, Observer{})
+	err := d.post(context.Background(), &Target{URL: srv.URL, Secret: "s", PublicOnly: true}, &Delivery{Body: []byte("{}")})
+	if r, ok := asRefused(err); !ok || !strings.Contains(r.Reason, "loopback") {
+		t.Fatalf("want a refusal naming loopback, got %v", err)
+	}
+	err = d.post(context.Background(), &Target{URL: strings.Replace(srv.URL, "https:", "http:", 1), Secret: "s", PublicOnly: true}, &Delivery{Body: []byte("{}")})
+	if _, ok := asRefused(err); !ok {
+		t.Fatalf("http to a public-only target: %v", err)
+	}
+	if hits.Load() != 0 {
+		t.Fatal("the loopback receiver was reached")
+	}
+	d.client = srv.Client()
+	if err := d.post(context.Background(), &Target{URL: srv.URL, Secret: "s"}, &Delivery{Body: []byte("{}")}); err != nil || hits.Load() != 1 {
+		t.Fatalf("unrestricted target: %v, hits %d", err, hits.Load())
+	}
 }

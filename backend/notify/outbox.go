@@ -99,8 +99,10 @@ type Observer struct {
 // Dispatcher drains the outbox. It runs where storage is writable (the
 // active node); elsewhere deliveries wait in storage until it runs.
 type Dispatcher struct {
-	logger   hclog.Logger
-	client   *http.Client
+	logger hclog.Logger
+	client *http.Client
+	// public serves targets marked PublicOnly (guard.go).
+	public   *http.Client
 	lookup   func(ctx context.Context, name string) (*Target, error)
 	observer Observer
 	policy   atomic.Pointer[Policy]
@@ -128,8 +130,9 @@ func NewDispatcher(lookup func(ctx context.Context, name string) (*Target, error
 			Transport: tr,
 			// A receiver's redirect is not followed: it could point the
 			// signed delivery at a host the operator never configured.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			CheckRedirect: noRedirects,
 		},
+		public:   newPublicOnlyClient(),
 		lookup:   lookup,
 		observer: obs,
 		now:      time.Now,
@@ -379,6 +382,12 @@ func (d *Dispatcher) deliver(ctx context.Context, del *Delivery) {
 		d.failed(ctx, s, del, fmt.Errorf("look up target: %w", err))
 		return
 	case t == nil:
+		// A delivery taken out of the outbox with its target (a deleted
+		// tenant's) is dropped, not dead-lettered for nobody to read.
+		if stored, err := Read(ctx, s, OutboxPrefix, del.ID); err == nil && stored == nil {
+			d.logger.Debug("notification dropped with its target", "delivery", del.ID)
+			return
+		}
 		d.deadLetter(ctx, s, del, "target is no longer configured")
 		return
 	}
@@ -390,6 +399,11 @@ func (d *Dispatcher) deliver(ctx context.Context, del *Delivery) {
 	}
 	if d.observer.Attempted != nil {
 		d.observer.Attempted(del.Target, err == nil)
+	}
+	if r, ok := asRefused(err); ok {
+		del.Attempts++
+		d.deadLetter(ctx, s, del, r.Error())
+		return
 	}
 	if err != nil {
 		d.failed(ctx, s, del, err)
@@ -459,6 +473,13 @@ func (d *Dispatcher) post(ctx context.Context, t *Target, del *Delivery) error {
 	if err != nil {
 		return errors.New("cannot build a request for the target's URL")
 	}
+	client := d.client
+	if t.PublicOnly {
+		if req.URL.Scheme != "https" {
+			return &RefusedError{Reason: "this target may only use https"}
+		}
+		client = d.public
+	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "vault-plugin-secrets-apikeys")
 	req.Header.Set(EventHeader, del.EventType)
@@ -466,7 +487,7 @@ func (d *Dispatcher) post(ctx context.Context, t *Target, del *Delivery) error {
 	req.Header.Set(IdempotencyHeader, del.EventID)
 	req.Header.Set(AttemptHeader, strconv.Itoa(del.Attempts+1))
 	req.Header.Set(SignatureHeader, Sign([]byte(t.Secret), d.now(), del.Body))
-	resp, err := d.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		if rctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
 			return fmt.Errorf("no answer within %s", p.Timeout)

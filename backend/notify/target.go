@@ -16,6 +16,12 @@ type Target struct {
 	// Events and Tenants filter what the target receives; empty means all.
 	Events  []string `json:"events"`
 	Tenants []string `json:"tenants"`
+	// PublicOnly is set by whoever looks the target up, never stored: the
+	// dispatcher then sends over https only and refuses, at dial time,
+	// every address that is not public (guard.go). Tenants' targets get it,
+	// since a tenant admin could otherwise make Vault POST into the
+	// network it runs in.
+	PublicOnly bool `json:"-"`
 }
 
 // Wants reports whether the target subscribes to an event of this type

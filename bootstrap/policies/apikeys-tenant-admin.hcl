@@ -82,6 +82,24 @@ path "apikeys/tenants/{{identity.entity.metadata.tenant}}/keys/+/usage/history" 
 path "apikeys/tenants/{{identity.entity.metadata.tenant}}/verify" {
   capabilities = ["read", "update"]
 }
+# The tenant's own webhook targets (https, public addresses only) and the
+# dead letters of those targets; the mount's config/notifications and
+# notifications/failed stay a platform admin's.
+path "apikeys/tenants/{{identity.entity.metadata.tenant}}/notifications/" {
+  capabilities = ["list"]
+}
+path "apikeys/tenants/{{identity.entity.metadata.tenant}}/notifications/+" {
+  capabilities = ["create", "read", "update", "delete"]
+}
+path "apikeys/tenants/{{identity.entity.metadata.tenant}}/notifications/failed/" {
+  capabilities = ["list"]
+}
+path "apikeys/tenants/{{identity.entity.metadata.tenant}}/notifications/failed/+" {
+  capabilities = ["read", "delete"]
+}
+path "apikeys/tenants/{{identity.entity.metadata.tenant}}/notifications/failed/+/requeue" {
+  capabilities = ["update"]
+}
 
 # ---- tenant from the JWT alias (claim_mappings tenant=tenant) ----
 
@@ -127,6 +145,21 @@ path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/k
 path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/verify" {
   capabilities = ["read", "update"]
 }
+path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/notifications/" {
+  capabilities = ["list"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/notifications/+" {
+  capabilities = ["create", "read", "update", "delete"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/notifications/failed/" {
+  capabilities = ["list"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/notifications/failed/+" {
+  capabilities = ["read", "delete"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/notifications/failed/+/requeue" {
+  capabilities = ["update"]
+}
 
 # ---- tenant from the OIDC alias (auth-oidc.sh: claim_mappings tenant=tenant) ----
 
@@ -171,4 +204,19 @@ path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/
 }
 path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/verify" {
   capabilities = ["read", "update"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/notifications/" {
+  capabilities = ["list"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/notifications/+" {
+  capabilities = ["create", "read", "update", "delete"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/notifications/failed/" {
+  capabilities = ["list"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/notifications/failed/+" {
+  capabilities = ["read", "delete"]
+}
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/notifications/failed/+/requeue" {
+  capabilities = ["update"]
 }
