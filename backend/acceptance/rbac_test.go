@@ -80,6 +80,7 @@ var tierAllowsOwnTenant = map[string][]string{
 		"tenants/:tenant/verify update", "tenants/:tenant/verify read",
 		"tenants/:tenant/usage read",
 		"tenants/:tenant/usage/history read", "tenants/:tenant/keys/:key_id/usage/history read",
+		"tenants/:tenant/keys/:key_id/quota read",
 		"tenants/:tenant/notifications/ list",
 		"tenants/:tenant/notifications/:name create", "tenants/:tenant/notifications/:name read",
 		"tenants/:tenant/notifications/:name update", "tenants/:tenant/notifications/:name delete",
@@ -165,6 +166,10 @@ func (fx *fixture) ensureTenant(tenant string) {
 	fx.do(http.MethodPost, "tenants/"+tenant+"/notifications/hook", map[string]interface{}{"url": "https://hooks.example.com/" + tenant, "events": "tenant-suspended"})
 	a := fx.do(http.MethodGet, "tenants/"+tenant+"/creds/web", nil)
 	fx.key[tenant], fx.id[tenant] = a.data["api_key"].(string), a.data["key_id"].(string)
+	// A key under a quota of its own, whose standing the quota probes read
+	// and refill (no probe comes near the quota).
+	fx.do(http.MethodPost, "tenants/"+tenant+"/roles/metered", map[string]interface{}{"scopes": "read", "environment": "live", "ttl": "1h", "quota": 1000000, "quota_period": "day"})
+	fx.id[tenant+"/metered"] = fx.do(http.MethodGet, "tenants/"+tenant+"/creds/metered", nil).data["key_id"].(string)
 }
 
 // deadLetter returns the id of one of the tenant's dead letters, making one
@@ -424,6 +429,21 @@ func probes() []probe {
 				}
 				return nil
 			}},
+		{name: "tenants/:tenant/keys/:key_id/quota read", path: "tenants/{tenant}/keys/", op: "read",
+			prep: func(fx *fixture, tenant string) string {
+				return "tenants/" + tenant + "/keys/" + fx.id[tenant+"/metered"] + "/quota"
+			},
+			check: func(fx *fixture, tenant string, a answer) error {
+				if a.data["key_id"] != fx.id[tenant+"/metered"] || a.data["quota"] == nil {
+					return fmt.Errorf("key quota: %v", a.data)
+				}
+				return nil
+			}},
+		{name: "tenants/:tenant/keys/:key_id/quota update", path: "tenants/{tenant}/keys/", op: "update",
+			prep: func(fx *fixture, tenant string) string {
+				return "tenants/" + tenant + "/keys/" + fx.id[tenant+"/metered"] + "/quota"
+			},
+			body: func(*fixture, string) map[string]interface{} { return map[string]interface{}{"reset": true} }},
 		{name: "tenants/:tenant/keys/:key_id/usage/history read", path: "tenants/{tenant}/keys/", op: "read",
 			prep: func(fx *fixture, tenant string) string {
 				return "tenants/" + tenant + "/keys/" + fx.id[tenant] + "/usage/history"

@@ -22,6 +22,8 @@
 #     caps: the platform's decisions);
 #   - writing roles (scopes, CIDRs and rate limits are what the platform
 #     grants the tenant): roles are read-only here;
+#   - refilling a key's quota by hand (keys/<key_id>/quota update): the
+#     quota is the platform's grant too; its standing is readable;
 #   - sys/leases: a templated lease path would give the "+" wildcard above
 #     a reach into every tenant that the plugin's guard cannot see. Keys are
 #     revoked through tenants/<tenant>/keys/<key_id>; revoking a whole
@@ -76,6 +78,11 @@ path "apikeys/tenants/{{identity.entity.metadata.tenant}}/usage/history" {
   capabilities = ["read"]
 }
 path "apikeys/tenants/{{identity.entity.metadata.tenant}}/keys/+/usage/history" {
+  capabilities = ["read"]
+}
+# Where each key stands against its quota (read only: a refill by hand,
+# update, is the platform's).
+path "apikeys/tenants/{{identity.entity.metadata.tenant}}/keys/+/quota" {
   capabilities = ["read"]
 }
 # Verify by POST body or by GET with the X-Api-Key header.
@@ -142,6 +149,11 @@ path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/u
 path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/keys/+/usage/history" {
   capabilities = ["read"]
 }
+# Where each key stands against its quota (read only: a refill by hand,
+# update, is the platform's).
+path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/keys/+/quota" {
+  capabilities = ["read"]
+}
 path "apikeys/tenants/{{identity.entity.aliases.JWT_ACCESSOR.metadata.tenant}}/verify" {
   capabilities = ["read", "update"]
 }
@@ -200,6 +212,11 @@ path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/
   capabilities = ["read"]
 }
 path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/keys/+/usage/history" {
+  capabilities = ["read"]
+}
+# Where each key stands against its quota (read only: a refill by hand,
+# update, is the platform's).
+path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/keys/+/quota" {
   capabilities = ["read"]
 }
 path "apikeys/tenants/{{identity.entity.aliases.OIDC_ACCESSOR.metadata.tenant}}/verify" {
