@@ -160,6 +160,9 @@ VAULT="$vault_bin" PLUGIN_BIN="$state/plugins/$(basename "$plugin_bin")" PLUGIN_
   "$root/bootstrap/apply.sh"
 echo "==> Demo tenants and logins"
 VAULT="$vault_bin" DEMO_CREDENTIALS="$state/demo-logins" "$root/bootstrap/demo.sh"
+# On a laptop the webhook receivers a tenant tries are on this machine:
+# tenants' targets may reach private addresses here (never in production).
+"$vault_bin" write apikeys/config tenant_webhook_private_ok=true >/dev/null
 pw() { sed -n "s/^$1=//p" "$state/demo-logins"; }
 
 # The portal holds no token of its own: VAULT_TOKEN (root here) is kept out
@@ -226,6 +229,9 @@ The self-service portal: $portal_url (log: $state/portal.log)
   or "Sign in with your identity provider": one click at the stand-in provider
   (pick acme's tenant admin, acme's developer, globex's tenant admin or the
   platform admin).
+
+Tenants' webhook targets may reach private addresses here
+(tenant_webhook_private_ok=true; off by default elsewhere).
 
 Tenant guard (enforce_entity_tenant) is $enforce.$(
   if [ "$enforce" = true ]; then
