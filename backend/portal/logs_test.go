@@ -98,7 +98,7 @@ func TestPortalLogHoldsNoSecrets(t *testing.T) {
 	code := "code-" + randomToken()
 	fu, _ := url.Parse(fp.url)
 	fb.c.Jar.SetCookies(fu, []*http.Cookie{{Name: oidcCookie, Value: handle, Path: "/"}})
-	fb.get("/auth/oidc/callback?" + url.Values{"state": {p.state}, "code": {code}}.Encode()).want(t, http.StatusBadGateway)
+	fb.get("/auth/oidc/callback?"+url.Values{"state": {p.state}, "code": {code}}.Encode()).want(t, http.StatusBadGateway)
 	secrets = append(secrets, handle, p.nonce, p.state, code)
 
 	out := logs.String()
