@@ -79,7 +79,9 @@ type keyPointer struct {
 // profile when it stores it).
 type cachedKey struct {
 	// The first 64 bytes are what verify reads past the key's slot (its
-	// rate limit and quota): one cache line.
+	// rate limit and quota): one cache line, as the struct is 128 bytes
+	// (the pad below), a size class whose objects start 128-aligned; at
+	// 112 bytes most would straddle two lines.
 	profile *keyProfile
 	keyID   string
 	// quota is the key's quota counters (its meter's state), set before
@@ -94,6 +96,7 @@ type cachedKey struct {
 	hash      [32]byte
 	expiresAt int64  // unix nanoseconds; 0 never
 	loc       uint64 // verifyCache.locate of the plaintext; 0 unknown
+	_         [16]byte
 }
 
 func newCachedKey(e *keyEntry, hash [32]byte) (*cachedKey, error) {

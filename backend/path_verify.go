@@ -185,12 +185,15 @@ func (b *backend) verify(ctx context.Context, s logical.Storage, in *contract.Re
 		return verifyOutcome{Code: contract.CodeNotFound}, nil
 	}
 	p := k.profile
-	// The cached key's first line (rate limit and quota counters, see
-	// cachedKey) is read by Spend: start loading it now, so it arrives
-	// while the tenant is read.
-	prefetch(unsafe.Pointer(k.key))
+	// Spend reads the cached key's first line (see cachedKey) only for a
+	// rate limit or a quota: start loading it now, so it arrives while
+	// the tenant is read. Without either, the decision reads the slot and
+	// the shared profile alone, and no memory of the key's own.
+	if p.rateLimit > 0 || p.quota.Limit > 0 {
+		prefetch(unsafe.Pointer(k.key))
+	}
 	f := contract.Key{Tenant: p.tenant, ExpiresAt: k.expiresAt, Disabled: p.disabled, Scopes: p.scopes, CIDRs: p.cidrs}
-	v, err := contract.Decide(ctx, pluginStore{b: b, s: s}, in, &f, k.key, now)
+	v, err := contract.Decide(ctx, pluginStore{b: b, s: s}, in, &f, k, now)
 	if err != nil {
 		return verifyOutcome{}, err
 	}
@@ -218,12 +221,15 @@ func (ps pluginStore) TenantStatus(ctx context.Context, tenant string) (string, 
 	return t.Status, nil
 }
 
-func (ps pluginStore) Spend(k *cachedKey, now time.Time) (string, contract.Quota) {
+// Spend is handed the key's slot (a value: no allocation), whose profile
+// says whether the key has a rate limit or a quota of its own; only then
+// does it read the cached key behind the slot.
+func (ps pluginStore) Spend(k verifySlot, now time.Time) (string, contract.Quota) {
 	p := k.profile
-	if p.rateLimit > 0 && !ps.b.limiter.allow(k.keyID, p.rateLimit, p.ratePeriod, now) {
+	if p.rateLimit > 0 && !ps.b.limiter.allow(k.key.keyID, p.rateLimit, p.ratePeriod, now) {
 		return contract.CodeRateLimited, contract.Quota{}
 	}
-	return ps.b.spendQuota(k, now)
+	return ps.b.spendQuota(p, k.key, now)
 }
 
 func verifyResponse(out verifyOutcome) map[string]interface{} {

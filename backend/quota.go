@@ -339,9 +339,11 @@ func (b *backend) attachTenantQuota(ctx context.Context, s logical.Storage, t *t
 
 // spendQuota is pluginStore.Spend's quota part: k's own quota, resolved
 // before Decide (attachKeyQuota), and its tenant's.
-func (b *backend) spendQuota(k *cachedKey, now time.Time) (string, contract.Quota) {
-	p := k.profile
-	ks := k.quota.Load()
+func (b *backend) spendQuota(p *keyProfile, k *cachedKey, now time.Time) (string, contract.Quota) {
+	var ks *contract.QuotaState
+	if p.quota.Limit > 0 {
+		ks = k.quota.Load()
+	}
 	tm := p.tenantMeter.Load()
 	if tm == nil {
 		tm = b.quotas.tenant(p.tenant)

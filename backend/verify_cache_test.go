@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -112,5 +113,16 @@ func TestCacheStaysExactUnderConcurrentWrites(t *testing.T) {
 	// Every key the test did not revoke is still placed where verify looks.
 	if got, want := b.cache.keyCount(), len(b.cache.locs); got != want {
 		t.Fatalf("%d keys in the index, %d positions known", got, want)
+	}
+}
+
+// cachedKey's hot first 64 bytes stay in one cache line only while the
+// struct is exactly 128 bytes (a size class of 128-aligned objects).
+func TestCachedKeyIs128Bytes(t *testing.T) {
+	if n := unsafe.Sizeof(cachedKey{}); n != 128 {
+		t.Fatalf("cachedKey is %d bytes; adjust its pad to 128", n)
+	}
+	if off := unsafe.Offsetof(cachedKey{}.inGrace); off >= 64 {
+		t.Fatalf("the hot fields run to byte %d, past the first cache line", off)
 	}
 }

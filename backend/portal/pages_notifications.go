@@ -1,23 +1,43 @@
 package portal
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
 
 	"github.com/vault-apikeys/vault-plugin-secrets-apikeys/backend/notify"
 )
 
-// notificationsNav: webhook targets and dead letters are the mount's
-// (config/notifications, notifications/failed), not a tenant's, and the
-// bootstrap policies grant them to platform admins only; a tenant admin
-// is not offered the page and its URL answers 403.
+// notificationsNav: one page over two sets of targets and dead letters.
+// Whoever may list the mount's (config/notifications, notifications/failed;
+// platform admins in the bootstrap policies) works on those, every tenant's
+// events; a tenant admin works on the tenant's own
+// (tenants/<tenant>/notifications/...), which get the tenant's events only.
+// Developers are offered neither.
 var notificationsNav = &navEntry{
 	title: "Notifications", href: "/notifications", order: 60,
 	needs: []capCheck{{"{mount}/config/notifications/", "list"}},
+	or:    &navEntry{needs: []capCheck{{"{mount}/tenants/{tenant}/notifications/", "list"}}},
+}
+
+// notifScope is which targets and dead letters a request works on.
+type notifScope struct {
+	mount            bool   // the mount's, not the tenant's own
+	targets, failed  string // their paths, with a trailing slash
+	Heading, Explain string
+}
+
+func (rc *reqCtx) notifScope(ctx context.Context) notifScope {
+	m := rc.s.cfg.Mount
+	if rc.grants(ctx, notificationsNav.needs) {
+		return notifScope{mount: true, targets: m + "/config/notifications/", failed: m + "/notifications/failed/",
+			Heading: "the mount's", Explain: "Targets belong to the whole mount: a target limited to tenants gets only their events."}
+	}
+	return notifScope{targets: rc.path("notifications/"), failed: rc.path("notifications/failed/"),
+		Heading: rc.tenant + "'s", Explain: "These targets are " + rc.tenant + "'s own: they get " + rc.tenant + "'s events only, and Vault delivers only to public https addresses."}
 }
 
 func init() {
@@ -51,6 +71,8 @@ type deadLetterView struct {
 }
 
 type notificationsData struct {
+	Scope                                notifScope
+	Mount                                bool
 	Targets                              []targetView
 	Dead                                 []deadLetterView
 	DeadTotal                            int
@@ -70,18 +92,19 @@ func (s *Server) notificationsPage(w http.ResponseWriter, r *http.Request, rc *r
 		return
 	}
 	ctx := r.Context()
-	m := s.cfg.Mount
-	probeTarget, probeDead := m+"/config/notifications/"+probeStaticName, m+"/notifications/failed/probe.probe"
-	caps := rc.capabilities(ctx, probeTarget, probeDead, probeDead+"/requeue", m+"/notifications/failed/")
+	sc := rc.notifScope(ctx)
+	probeTarget, probeDead := sc.targets+probeStaticName, sc.failed+"probe.probe"
+	caps := rc.capabilities(ctx, probeTarget, probeDead, probeDead+"/requeue", sc.failed)
 	d := notificationsData{
+		Scope: sc, Mount: sc.mount,
 		EventTypes:  notify.Types,
 		CanCreate:   hasCap(caps[probeTarget], "create"),
 		CanDelete:   hasCap(caps[probeTarget], "delete"),
-		CanListDead: hasCap(caps[m+"/notifications/failed/"], "list"),
+		CanListDead: hasCap(caps[sc.failed], "list"),
 		CanRequeue:  hasCap(caps[probeDead+"/requeue"], "update"),
 		CanDropDead: hasCap(caps[probeDead], "delete"),
 	}
-	sec, err := rc.vault.Logical().ListWithContext(ctx, m+"/config/notifications/")
+	sec, err := rc.vault.Logical().ListWithContext(ctx, sc.targets)
 	if err != nil {
 		s.vaultError(w, r, rc, err)
 		return
@@ -91,12 +114,12 @@ func (s *Server) notificationsPage(w http.ResponseWriter, r *http.Request, rc *r
 		names = stringList(sec.Data["keys"])
 	}
 	sort.Strings(names)
-	// Targets are configuration, a handful per mount; their reads are
-	// bounded by the workers all the same.
+	// Targets are configuration, a handful per mount or tenant; their
+	// reads are bounded by the workers all the same.
 	d.Targets = make([]targetView, len(names))
-	rc.each(len(names), func(i int) {
+	each(len(names), func(i int) {
 		t := targetView{Name: names[i]}
-		if sec, err := rc.vault.Logical().ReadWithContext(ctx, m+"/config/notifications/"+names[i]); err == nil && sec != nil {
+		if sec, err := rc.vault.Logical().ReadWithContext(ctx, sc.targets+names[i]); err == nil && sec != nil {
 			t.URL = str(sec.Data, "url")
 			t.Events = strings.Join(stringList(sec.Data["events"]), ", ")
 			tenants := stringList(sec.Data["tenants"])
@@ -105,9 +128,12 @@ func (s *Server) notificationsPage(w http.ResponseWriter, r *http.Request, rc *r
 			t.SecretSet = str(sec.Data, "secret_set") == "true"
 		}
 		d.Targets[i] = t
+	}, func(i int, err error) {
+		s.log.Error("target row", "target", names[i], "error", err)
+		d.Targets[i] = targetView{Name: names[i]}
 	})
 	if d.CanListDead {
-		if !s.deadLetters(w, r, rc, after, &d) {
+		if !s.deadLetters(w, r, rc, sc, after, &d) {
 			return
 		}
 	}
@@ -116,10 +142,9 @@ func (s *Server) notificationsPage(w http.ResponseWriter, r *http.Request, rc *r
 
 // deadLetters fills one page of dead letters: a list of ids, then a read
 // of each shown one.
-func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request, rc *reqCtx, after string, d *notificationsData) bool {
+func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request, rc *reqCtx, sc notifScope, after string, d *notificationsData) bool {
 	ctx := r.Context()
-	m := s.cfg.Mount
-	sec, err := rc.vault.Logical().ListWithContext(ctx, m+"/notifications/failed/")
+	sec, err := rc.vault.Logical().ListWithContext(ctx, sc.failed)
 	if err != nil {
 		s.vaultError(w, r, rc, err)
 		return false
@@ -128,51 +153,24 @@ func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request, rc *reqCtx,
 	if sec != nil {
 		ids = stringList(sec.Data["keys"])
 	}
-	sort.Strings(ids)
-	start := 0
-	if after != "" {
-		start = sort.Search(len(ids), func(i int) bool { return ids[i] > after })
-	}
-	end := min(len(ids), start+deadLettersPage)
-	d.DeadTotal = len(ids)
-	if end < len(ids) {
-		d.DeadNext = "/notifications?" + url.Values{"after": {ids[end-1]}}.Encode()
-	}
-	if start > 0 {
-		d.DeadPrev = "/notifications"
-		if p := start - deadLettersPage; p > 0 {
-			d.DeadPrev = "/notifications?" + url.Values{"after": {ids[p-1]}}.Encode()
-		}
-	}
-	shown := ids[start:end]
+	shown, pg := pageOf(ids, after, deadLettersPage, "/notifications")
+	d.DeadTotal, d.DeadNext, d.DeadPrev = pg.Total, pg.NextURL, pg.PrevURL
 	d.Dead = make([]deadLetterView, len(shown))
-	rc.each(len(shown), func(i int) {
-		v := deadLetterView{ID: shown[i], EventType: "–", Tenant: "–", Target: "–", Attempts: "–", LastError: "–", FailedAt: "–"}
-		if sec, err := rc.vault.Logical().ReadWithContext(ctx, m+"/notifications/failed/"+shown[i]); err == nil && sec != nil {
+	unread := func(i int) deadLetterView {
+		return deadLetterView{ID: shown[i], EventType: "–", Tenant: "–", Target: "–", Attempts: "–", LastError: "–", FailedAt: "–"}
+	}
+	each(len(shown), func(i int) {
+		v := unread(i)
+		if sec, err := rc.vault.Logical().ReadWithContext(ctx, sc.failed+shown[i]); err == nil && sec != nil {
 			v.EventType, v.Tenant, v.Target = orDash(str(sec.Data, "event_type")), orDash(str(sec.Data, "tenant")), orDash(str(sec.Data, "target"))
 			v.Attempts, v.LastError, v.FailedAt = orDash(str(sec.Data, "attempts")), orDash(str(sec.Data, "last_error")), fmtTime(str(sec.Data, "failed_at"))
 		}
 		d.Dead[i] = v
+	}, func(i int, err error) {
+		s.log.Error("dead letter row", "id", shown[i], "error", err)
+		d.Dead[i] = unread(i)
 	})
 	return true
-}
-
-// each runs f(0..n-1) on at most keyReadWorkers goroutines.
-func (rc *reqCtx) each(n int, f func(int)) {
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for range min(keyReadWorkers, n) {
-		wg.Go(func() {
-			for i := range next {
-				f(i)
-			}
-		})
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
 }
 
 type targetCreatedData struct {
@@ -214,19 +212,24 @@ func (s *Server) targetCreate(w http.ResponseWriter, r *http.Request, rc *reqCtx
 	if len(events) > 0 {
 		body["events"] = strings.Join(events, ",")
 	}
-	switch f.Get("scope") {
-	case "tenant":
-		if !rc.needTenant(w, r) {
+	ctx := r.Context()
+	sc := rc.notifScope(ctx)
+	// The mount's targets choose their tenants; a tenant's own get its
+	// events only, by the path.
+	if sc.mount {
+		switch f.Get("scope") {
+		case "tenant":
+			if !rc.needTenant(w, r) {
+				return
+			}
+			body["tenants"] = rc.tenant
+		case "all":
+		default:
+			s.message(w, r, rc, http.StatusBadRequest, "Bad request", `scope must be "tenant" or "all".`)
 			return
 		}
-		body["tenants"] = rc.tenant
-	case "all":
-	default:
-		s.message(w, r, rc, http.StatusBadRequest, "Bad request", `scope must be "tenant" or "all".`)
-		return
 	}
-	ctx := r.Context()
-	p := s.cfg.Mount + "/config/notifications/" + name
+	p := sc.targets + name
 	// Create, not overwrite: a name in use is the user's mistake.
 	if sec, err := rc.vault.Logical().ReadWithContext(ctx, p); err != nil {
 		s.vaultError(w, r, rc, err)
@@ -259,7 +262,7 @@ func (s *Server) targetDelete(w http.ResponseWriter, r *http.Request, rc *reqCtx
 		return
 	}
 	ctx := r.Context()
-	p := s.cfg.Mount + "/config/notifications/" + name
+	p := rc.notifScope(ctx).targets + name
 	if sec, err := rc.vault.Logical().ReadWithContext(ctx, p); err != nil {
 		s.vaultError(w, r, rc, err)
 		return
@@ -275,8 +278,9 @@ func (s *Server) targetDelete(w http.ResponseWriter, r *http.Request, rc *reqCtx
 	http.Redirect(w, r, "/notifications", http.StatusSeeOther)
 }
 
-// deadLetterID is the path's dead letter id, after the page check.
-func (s *Server) deadLetterID(w http.ResponseWriter, r *http.Request, rc *reqCtx) (string, bool) {
+// deadLetterPath is the path of the dead letter the URL names, after the
+// page check.
+func (s *Server) deadLetterPath(w http.ResponseWriter, r *http.Request, rc *reqCtx) (string, bool) {
 	if !rc.require(w, r, notificationsNav) {
 		return "", false
 	}
@@ -285,7 +289,8 @@ func (s *Server) deadLetterID(w http.ResponseWriter, r *http.Request, rc *reqCtx
 		s.message(w, r, rc, http.StatusBadRequest, "Bad request", "id must be a dead letter id (<event id>.<target>).")
 		return "", false
 	}
-	sec, err := rc.vault.Logical().ReadWithContext(r.Context(), s.cfg.Mount+"/notifications/failed/"+id)
+	p := rc.notifScope(r.Context()).failed + id
+	sec, err := rc.vault.Logical().ReadWithContext(r.Context(), p)
 	if err != nil {
 		s.vaultError(w, r, rc, err)
 		return "", false
@@ -294,15 +299,15 @@ func (s *Server) deadLetterID(w http.ResponseWriter, r *http.Request, rc *reqCtx
 		s.message(w, r, rc, http.StatusNotFound, "Not found", "There is no such dead letter.")
 		return "", false
 	}
-	return id, true
+	return p, true
 }
 
 func (s *Server) deadLetterRequeue(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
-	id, ok := s.deadLetterID(w, r, rc)
+	p, ok := s.deadLetterPath(w, r, rc)
 	if !ok {
 		return
 	}
-	if _, err := rc.vault.Logical().WriteWithContext(r.Context(), s.cfg.Mount+"/notifications/failed/"+id+"/requeue", map[string]interface{}{}); err != nil {
+	if _, err := rc.vault.Logical().WriteWithContext(r.Context(), p+"/requeue", map[string]interface{}{}); err != nil {
 		s.vaultError(w, r, rc, err)
 		return
 	}
@@ -311,11 +316,11 @@ func (s *Server) deadLetterRequeue(w http.ResponseWriter, r *http.Request, rc *r
 }
 
 func (s *Server) deadLetterDrop(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
-	id, ok := s.deadLetterID(w, r, rc)
+	p, ok := s.deadLetterPath(w, r, rc)
 	if !ok {
 		return
 	}
-	if _, err := rc.vault.Logical().DeleteWithContext(r.Context(), s.cfg.Mount+"/notifications/failed/"+id); err != nil {
+	if _, err := rc.vault.Logical().DeleteWithContext(r.Context(), p); err != nil {
 		s.vaultError(w, r, rc, err)
 		return
 	}

@@ -211,6 +211,9 @@ type navEntry struct {
 	title, href string
 	order       int
 	needs       []capCheck
+	// or, when set, offers the entry also to whoever is granted every
+	// check of or (a page that serves two kinds of user differently).
+	or *navEntry
 }
 
 // capCheck is one capability on one path; {mount} and {tenant} are filled

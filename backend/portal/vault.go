@@ -180,8 +180,10 @@ func (rc *reqCtx) capabilities(ctx context.Context, extra ...string) map[string]
 		if pg.nav == nil {
 			continue
 		}
-		for _, c := range pg.nav.needs {
-			paths = append(paths, rc.expand(c.path))
+		for e := pg.nav; e != nil; e = e.or {
+			for _, c := range e.needs {
+				paths = append(paths, rc.expand(c.path))
+			}
 		}
 	}
 	got, err := capabilitiesSelf(ctx, rc.vault, paths)
@@ -211,13 +213,22 @@ func hasCap(caps []string, c string) bool {
 	return false
 }
 
-// allowed reports whether every check of e is granted.
+// allowed reports whether every check of e is granted (or of e.or).
 func (rc *reqCtx) allowed(ctx context.Context, e *navEntry) bool {
-	if rc.tenant == "" && e.perTenant() {
-		return false
+	if rc.grants(ctx, e.needs) {
+		return true
 	}
+	return e.or != nil && rc.allowed(ctx, e.or)
+}
+
+// grants reports whether every check is granted; a check that names the
+// tenant is not, without one.
+func (rc *reqCtx) grants(ctx context.Context, needs []capCheck) bool {
 	caps := rc.capabilities(ctx)
-	for _, c := range e.needs {
+	for _, c := range needs {
+		if rc.tenant == "" && strings.Contains(c.path, "{tenant}") {
+			return false
+		}
 		if !hasCap(caps[rc.expand(c.path)], c.capability) {
 			return false
 		}
