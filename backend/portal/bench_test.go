@@ -101,17 +101,19 @@ func BenchmarkPages(b *testing.B) {
 		}
 	})
 	for name, path := range map[string]string{
-		"keys":        "/keys",
-		"page":        "/keys?" + url.Values{"after": {ids[len(ids)/2]}}.Encode(),
-		"filtered":    "/keys?name=0",
-		"detail":      "/keys/" + ids[len(ids)/3],
-		"key-usage":   "/keys/" + ids[len(ids)/3] + "/usage",
-		"issue":       "/issue",
-		"issue-form":  "/issue?role=bulk",
-		"static-keys": "/static-keys",
-		"roles":       "/roles",
-		"usage":       "/usage",
-		"snippets":    "/snippets",
+		"keys":          "/keys",
+		"page":          "/keys?" + url.Values{"after": {ids[len(ids)/2]}}.Encode(),
+		"filtered":      "/keys?name=0",
+		"detail":        "/keys/" + ids[len(ids)/3],
+		"key-usage":     "/keys/" + ids[len(ids)/3] + "/usage",
+		"issue":         "/issue",
+		"issue-form":    "/issue?role=bulk",
+		"static-keys":   "/static-keys",
+		"roles":         "/roles",
+		"usage":         "/usage",
+		"usage-totals":  "/usage?totals=1",
+		"snippets":      "/snippets",
+		"notifications": "/notifications",
 	} {
 		b.Run(name, func(b *testing.B) {
 			br.t = b

@@ -36,10 +36,14 @@ func TestPortalUsage(t *testing.T) {
 	b := newBrowser(t, tp.url)
 	b.signIn("acme-admin", demo["acme-admin"]).want(t, http.StatusOK, `href="/usage"`)
 	u := b.get("/usage").want(t, http.StatusOK, "Usage of acme", `<svg`, `id="tenant-verifications-title"`, `id="tenant-gateway-title"`, `id="tenant-latency-title"`,
-		`class="chart-scroll"`, "VALID", "Totals", "Active keys")
+		`class="chart-scroll"`, "VALID", `href="/usage?granularity=hour&amp;totals=1"`)
+	u.lacks(t, "Active keys")
 	if n := strings.Count(u.body, "<svg"); n != 3 {
 		t.Fatalf("want 3 charts, got %d", n)
 	}
+	// The totals, which walk every key in Vault, only when asked for.
+	b.get("/usage?granularity=hour&totals=1").want(t, http.StatusOK, "Totals", "Active keys", `id="tenant-verifications-title"`).
+		lacks(t, "Show the tenant")
 	b.get("/usage?granularity=day").want(t, http.StatusOK, "per day", `id="tenant-verifications-title"`)
 	b.get("/usage?granularity=week").want(t, http.StatusBadRequest, "granularity must be")
 	b.get("/usage?from=yesterday").want(t, http.StatusBadRequest, "from must be a date")

@@ -98,7 +98,7 @@ var shots = []shot{
 	{name: "tenants", user: "platform-admin", path: "/tenants"},
 	{name: "static-keys", user: "acme-admin", path: "/static-keys"},
 	{name: "static-key", user: "acme-admin", path: "/static-keys/checkout"},
-	{name: "usage", user: "acme-admin", path: "/usage"},
+	{name: "usage", user: "acme-admin", path: "/usage?totals=1"},
 	{name: "usage-phone", user: "acme-admin", path: "/usage", phone: true},
 	{name: "key-usage", user: "acme-admin", path: "/keys/{key}/usage"},
 	{name: "notifications", user: "platform-admin", path: "/notifications"},
