@@ -148,11 +148,14 @@ func (b *Browser) NewPage(opts PageOptions) (*Page, error) {
 	// bounds the tab's life), so the deadline is a watchdog's.
 	done := make(chan error, 1)
 	go func() { done <- chromedp.Do(ctx) }()
+	// Opening a tab takes over a second on a busy 2-core machine: a page
+	// with a short timeout for its waits still gets DefaultTimeout for it.
+	open := max(opts.Timeout, DefaultTimeout)
 	var err error
 	select {
 	case err = <-done:
-	case <-time.After(opts.Timeout):
-		err = fmt.Errorf("no tab after %s", opts.Timeout)
+	case <-time.After(open):
+		err = fmt.Errorf("no tab after %s", open)
 	}
 	if err != nil {
 		cancel()
