@@ -59,29 +59,12 @@ func (b *backend) pathNotifications() []*framework.Path {
 				},
 			},
 			ExistenceCheck: b.targetExists,
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathTargetRead,
-					Summary:  "Read a webhook target (never its secret).",
-				},
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:                  b.pathTargetWrite,
-					Summary:                   "Create a webhook target.",
-					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "write"},
-					ForwardPerformanceStandby: true,
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  b.pathTargetWrite,
-					Summary:                   "Update a webhook target.",
-					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "write"},
-					ForwardPerformanceStandby: true,
-				},
-				logical.DeleteOperation: &framework.PathOperation{
-					Callback:                  b.pathTargetDelete,
-					Summary:                   "Delete a webhook target; its pending deliveries are dead-lettered.",
-					ForwardPerformanceStandby: true,
-				},
-			},
+			Operations: crudOperations(b.pathTargetRead, b.pathTargetWrite, b.pathTargetDelete, crudSummaries{
+				read:   "Read a webhook target (never its secret).",
+				create: "Create a webhook target.",
+				update: "Update a webhook target.",
+				delete: "Delete a webhook target; its pending deliveries are dead-lettered.",
+			}),
 			HelpSynopsis:    pathTargetHelpSyn,
 			HelpDescription: pathTargetHelpDesc,
 		},

@@ -120,29 +120,12 @@ func (b *backend) pathTenantNotifications() []*framework.Path {
 				},
 			},
 			ExistenceCheck: b.tenantTargetExists,
-			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathTenantTargetRead,
-					Summary:  "Read a tenant's webhook target (never its secret).",
-				},
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:                  b.pathTenantTargetWrite,
-					Summary:                   "Create a webhook target for a tenant's events.",
-					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "write"},
-					ForwardPerformanceStandby: true,
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                  b.pathTenantTargetWrite,
-					Summary:                   "Update a tenant's webhook target.",
-					DisplayAttrs:              &framework.DisplayAttributes{OperationVerb: "write"},
-					ForwardPerformanceStandby: true,
-				},
-				logical.DeleteOperation: &framework.PathOperation{
-					Callback:                  b.pathTenantTargetDelete,
-					Summary:                   "Delete a tenant's webhook target; its pending deliveries are dead-lettered.",
-					ForwardPerformanceStandby: true,
-				},
-			},
+			Operations: crudOperations(b.pathTenantTargetRead, b.pathTenantTargetWrite, b.pathTenantTargetDelete, crudSummaries{
+				read:   "Read a tenant's webhook target (never its secret).",
+				create: "Create a webhook target for a tenant's events.",
+				update: "Update a tenant's webhook target.",
+				delete: "Delete a tenant's webhook target; its pending deliveries are dead-lettered.",
+			}),
 			HelpSynopsis:    pathTenantTargetHelpSyn,
 			HelpDescription: pathTenantTargetHelpDesc,
 		},
