@@ -37,7 +37,11 @@
 // The nav is built per request from one sys/capabilities-self call over
 // every registered check (cached in the session for capsTTL). A handler
 // that serves a page the nav would not offer calls rc.require(nav) first
-// (see rolesPage): a page hidden from the nav is refused by URL too.
+// (see rolesPage): a page hidden from the nav is refused by URL too. A
+// page that serves two kinds of user sets the entry's or to a second entry
+// with the other kind's checks (see notificationsNav: the mount's targets
+// for platform admins, the tenant's own for tenant admins), and asks
+// rc.grants which kind the user is.
 //
 // Handlers render with s.render(w, rc, "<name>.html", title, data) and
 // report Vault errors with s.vaultError(w, r, rc, err): a 403 is a plain
