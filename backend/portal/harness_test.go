@@ -225,6 +225,16 @@ func (p webPage) csrf(t testing.TB) string {
 	return m[1]
 }
 
+// field is the value of the page's hidden form field name.
+func (p webPage) field(t testing.TB, name string) string {
+	t.Helper()
+	m := regexp.MustCompile(`name="` + regexp.QuoteMeta(name) + `" value="([^"]+)"`).FindStringSubmatch(p.body)
+	if m == nil {
+		t.Fatalf("no %s field on the page: %s", name, p.body)
+	}
+	return m[1]
+}
+
 func (p webPage) want(t testing.TB, status int, texts ...string) webPage {
 	t.Helper()
 	if p.status != status {

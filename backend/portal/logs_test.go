@@ -53,7 +53,8 @@ func TestPortalLogHoldsNoSecrets(t *testing.T) {
 	for _, c := range b.c.Jar.Cookies(u) {
 		secrets = append(secrets, c.Value)
 	}
-	issued := b.post("/issue", url.Values{"csrf": {keys.csrf(t)}, "role": {"web"}, "name": {"log-check"}}).want(t, http.StatusOK)
+	issueForm := b.get("/issue?role=web").want(t, http.StatusOK)
+	issued := b.post("/issue", url.Values{"csrf": {keys.csrf(t)}, "once": {issueForm.field(t, "once")}, "role": {"web"}, "name": {"log-check"}}).want(t, http.StatusOK)
 	m := issuedKeyRE.FindStringSubmatch(issued.body)
 	if m == nil {
 		t.Fatalf("no key on the issued page: %s", issued.body)

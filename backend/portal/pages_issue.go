@@ -3,6 +3,7 @@ package portal
 import (
 	"context"
 	"net/http"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,6 +38,9 @@ type issueData struct {
 	Error string
 	Name  string
 	TTL   string
+	// Once names this form: the portal issues at most one key per form
+	// (session.claimForm).
+	Once string
 }
 
 // issuableRoles lists the tenant's roles the user may issue keys from
@@ -128,7 +132,7 @@ func (s *Server) issuePage(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
 		s.vaultError(w, r, rc, err)
 		return
 	}
-	d := issueData{Roles: roles}
+	d := issueData{Roles: roles, Once: randomToken()}
 	if want := r.URL.Query().Get("role"); want != "" {
 		for i := range roles {
 			if roles[i].Name == want {
@@ -142,6 +146,9 @@ func (s *Server) issuePage(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
 	}
 	s.render(w, r, rc, "issue.html", "Issue a key", http.StatusOK, d)
 }
+
+// onceRE is an issue form's once token: randomToken's shape.
+var onceRE = regexp.MustCompile(`^[A-Za-z0-9_-]{43}$`)
 
 type issuedData struct {
 	APIKey, KeyID, Hint, Role, Name, Environment, Expires, Scopes string
@@ -172,16 +179,33 @@ func (s *Server) issueKey(w http.ResponseWriter, r *http.Request, rc *reqCtx) {
 		}
 		body["ttl"] = ttl
 	}
+	once := f.Get("once")
+	if !onceRE.MatchString(once) {
+		s.message(w, r, rc, http.StatusBadRequest, "Bad request", "This form is out of date: open Issue a key again.")
+		return
+	}
+	if keyID, fresh := rc.sess.claimForm(once); !fresh {
+		text := "This form was sent before and is still being answered: its key is issued once, not twice."
+		if keyID != "" {
+			text = "This form was sent before, and the key it issued (" + keyID + ") was shown then, once. " +
+				"A reload does not issue a second key or show that one again. If you did not keep it, revoke it and issue a new one."
+		}
+		s.message(w, r, rc, http.StatusConflict, "Already issued", text)
+		return
+	}
 	sec, err := rc.vault.Logical().WriteWithContext(r.Context(), rc.path("creds/"+role), body)
 	if err != nil {
+		rc.sess.settleForm(once, "")
 		s.vaultError(w, r, rc, err)
 		return
 	}
 	if sec == nil || str(sec.Data, "api_key") == "" {
+		rc.sess.settleForm(once, "")
 		s.log.Error("issue answered without a key", "tenant", rc.tenant, "role", role)
 		s.message(w, r, rc, http.StatusBadGateway, "Something went wrong", "Vault answered without a key.")
 		return
 	}
+	rc.sess.settleForm(once, str(sec.Data, "key_id"))
 	// The key goes into this one response and nowhere else: not the
 	// session, not a log, not a URL (Cache-Control: no-store is on every
 	// page).

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -118,7 +119,7 @@ func TestPortalTenantAdminKeyLifecycle(t *testing.T) {
 	b.get("/issue").want(t, http.StatusOK, `href="/issue?role=web"`, `href="/issue?role=dev-sandbox"`)
 	issueForm := b.get("/issue?role=web").want(t, http.StatusOK, `value="read"`, `value="write"`)
 	markup := `<script>alert(1)</script>`
-	issued := b.post("/issue", url.Values{"csrf": {issueForm.csrf(t)}, "role": {"web"}, "name": {markup}, "ttl": {"2h"}, "scopes": {"read"}}).
+	issued := b.post("/issue", url.Values{"csrf": {issueForm.csrf(t)}, "once": {issueForm.field(t, "once")}, "role": {"web"}, "name": {markup}, "ttl": {"2h"}, "scopes": {"read"}}).
 		want(t, http.StatusOK, "only time it is shown", html.EscapeString(markup))
 	issued.lacks(t, markup)
 	wantSecurityHeaders(t, issued)
@@ -190,9 +191,9 @@ func TestPortalDeveloperNotOfferedRoles(t *testing.T) {
 	b.get("/issue?role=web").want(t, http.StatusNotFound)
 	// Forced past the form, Vault refuses the role.
 	f := b.get("/issue?role=dev-sandbox")
-	b.post("/issue", url.Values{"csrf": {f.csrf(t)}, "role": {"web"}}).want(t, http.StatusForbidden, "Permission denied")
+	b.post("/issue", url.Values{"csrf": {f.csrf(t)}, "once": {f.field(t, "once")}, "role": {"web"}}).want(t, http.StatusForbidden, "Permission denied")
 	// A developer may not disable: the button is not offered.
-	issued := b.post("/issue", url.Values{"csrf": {f.csrf(t)}, "role": {"dev-sandbox"}, "name": {"dev key"}}).want(t, http.StatusOK)
+	issued := b.post("/issue", url.Values{"csrf": {f.csrf(t)}, "once": {f.field(t, "once")}, "role": {"dev-sandbox"}, "name": {"dev key"}}).want(t, http.StatusOK)
 	id := keyLinkRE.FindStringSubmatch(issued.body)
 	if id == nil {
 		t.Fatalf("no key link: %s", issued.body)
@@ -250,7 +251,7 @@ func TestPortalNoOtherTenantData(t *testing.T) {
 	wantCode(t, srv, gKey, "VALID")
 	// A key issued with tenant=globex in the form is acme's.
 	f := b.get("/issue?role=web")
-	issued := b.post("/issue", url.Values{"csrf": {f.csrf(t)}, "role": {"web"}, "tenant": {"globex"}}).want(t, http.StatusOK)
+	issued := b.post("/issue", url.Values{"csrf": {f.csrf(t)}, "once": {f.field(t, "once")}, "role": {"web"}, "tenant": {"globex"}}).want(t, http.StatusOK)
 	m := issuedKeyRE.FindStringSubmatch(issued.body)
 	if m == nil {
 		t.Fatalf("no key: %s", issued.body)
@@ -329,4 +330,97 @@ func TestPortalSessionEndsWithToken(t *testing.T) {
 		t.Fatalf("after revocation: %d %s", p.status, p.header.Get("Location"))
 	}
 	b.get("/keys").want(t, http.StatusSeeOther)
+}
+
+// TestPortalIssueFormIssuesOnce: an issue form sent twice (a reload of the
+// page that showed the key, a second click) issues one key, and the second
+// answer shows neither the key nor a new one; a form whose issue failed may
+// be sent again; a form without its once token is refused.
+func TestPortalIssueFormIssuesOnce(t *testing.T) {
+	srv := sharedVault(t)
+	tp := newTestPortal(t, srv, nil)
+	b := newBrowser(t, tp.url)
+	b.signIn("acme-admin", demo["acme-admin"]).want(t, http.StatusOK, "Keys of acme")
+	form := b.get("/issue?role=web").want(t, http.StatusOK)
+	name := "issued-once-" + randomToken()[:8]
+	sent := url.Values{"csrf": {form.csrf(t)}, "once": {form.field(t, "once")}, "role": {"web"}, "name": {name}}
+
+	// Vault refuses a scope the role does not have: nothing was issued,
+	// so the same form may go again.
+	bad := url.Values{}
+	for k, v := range sent {
+		bad[k] = v
+	}
+	bad.Set("scopes", "no-such-scope")
+	if p := b.post("/issue", bad); p.status != http.StatusBadRequest {
+		t.Fatalf("a scope the role lacks: want 400, got %d: %s", p.status, p.body)
+	}
+	first := b.post("/issue", sent).want(t, http.StatusOK, "only time it is shown")
+	m := issuedKeyRE.FindStringSubmatch(first.body)
+	if m == nil {
+		t.Fatalf("no key on the issued page: %s", first.body)
+	}
+	key := html.UnescapeString(m[1])
+	keyID := str(wantCode(t, srv, key, "VALID").Data, "key_id")
+
+	again := b.post("/issue", sent).want(t, http.StatusConflict, "Already issued", keyID)
+	again.lacks(t, key, `id="api-key"`)
+	list, err := login(t, srv, "platform-admin").Logical().List("apikeys/tenants/acme/keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := list.Data["key_info"].(map[string]interface{})
+	var named []string
+	for id, v := range info {
+		if d, _ := v.(map[string]interface{}); str(d, "name") == name {
+			named = append(named, id)
+		}
+	}
+	if len(named) != 1 || named[0] != keyID {
+		t.Fatalf("keys named %s after sending the form twice: %v, want only %s", name, named, keyID)
+	}
+
+	// A new form issues a new key; a form without a once token, none.
+	next := b.get("/issue?role=web")
+	b.post("/issue", url.Values{"csrf": {next.csrf(t)}, "once": {next.field(t, "once")}, "role": {"web"}}).want(t, http.StatusOK, "only time it is shown")
+	sent.Del("once")
+	b.post("/issue", sent).want(t, http.StatusBadRequest, "out of date")
+	sent.Set("once", "short")
+	b.post("/issue", sent).want(t, http.StatusBadRequest, "out of date")
+}
+
+// TestSessionRemembersBoundedForms: a session remembers at most
+// maxSentForms issue forms, the oldest forgotten first, and a form whose
+// issue failed is forgotten at once.
+func TestSessionRemembersBoundedForms(t *testing.T) {
+	var ss session
+	forms := make([]string, maxSentForms+1)
+	for i := range forms {
+		forms[i] = randomToken()
+		if _, fresh := ss.claimForm(forms[i]); !fresh {
+			t.Fatalf("form %d claimed before", i)
+		}
+		ss.settleForm(forms[i], "key-"+strconv.Itoa(i))
+	}
+	if len(ss.sent) != maxSentForms || len(ss.sentOrder) != maxSentForms {
+		t.Fatalf("remembers %d forms (%d in order), want %d", len(ss.sent), len(ss.sentOrder), maxSentForms)
+	}
+	if _, fresh := ss.claimForm(forms[0]); !fresh {
+		t.Fatal("the oldest form was not forgotten")
+	}
+	if id, fresh := ss.claimForm(forms[maxSentForms]); fresh || id != "key-"+strconv.Itoa(maxSentForms) {
+		t.Fatalf("the newest form: fresh %v, key %q", fresh, id)
+	}
+	failed := randomToken()
+	ss.claimForm(failed)
+	if id, fresh := ss.claimForm(failed); fresh || id != "" {
+		t.Fatalf("a form in flight: fresh %v, key %q", fresh, id)
+	}
+	ss.settleForm(failed, "")
+	if _, fresh := ss.claimForm(failed); !fresh {
+		t.Fatal("a failed form was not forgotten")
+	}
+	if len(ss.sent) != len(ss.sentOrder) {
+		t.Fatalf("sent %d, order %d", len(ss.sent), len(ss.sentOrder))
+	}
 }

@@ -34,6 +34,54 @@ type session struct {
 	flash  string
 	caps   map[string][]string
 	capsAt time.Time
+	// sent is the issue forms this session has sent, by their once token
+	// (a new one in each form): the key id each issued, "" while its issue
+	// is in flight. A reload or a second click sends the same token again
+	// and issues no second key. sentOrder bounds it to maxSentForms.
+	sent      map[string]string
+	sentOrder []string
+}
+
+// maxSentForms is how many issue forms a session remembers: more than
+// anyone keeps open in tabs.
+const maxSentForms = 64
+
+// claimForm records the issue form once as sent. fresh is false when it was
+// sent before; keyID is then what it issued ("" while still in flight).
+func (ss *session) claimForm(once string) (keyID string, fresh bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if id, ok := ss.sent[once]; ok {
+		return id, false
+	}
+	if ss.sent == nil {
+		ss.sent = map[string]string{}
+	}
+	if len(ss.sentOrder) == maxSentForms {
+		delete(ss.sent, ss.sentOrder[0])
+		ss.sentOrder = ss.sentOrder[1:]
+	}
+	ss.sent[once] = ""
+	ss.sentOrder = append(ss.sentOrder, once)
+	return "", true
+}
+
+// settleForm records what the form once issued; keyID "" forgets the form
+// (its issue failed, so sending it again may issue).
+func (ss *session) settleForm(once, keyID string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if keyID != "" {
+		ss.sent[once] = keyID
+		return
+	}
+	delete(ss.sent, once)
+	for i, o := range ss.sentOrder {
+		if o == once {
+			ss.sentOrder = append(ss.sentOrder[:i], ss.sentOrder[i+1:]...)
+			break
+		}
+	}
 }
 
 func (ss *session) getTenant() string {
