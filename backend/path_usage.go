@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -56,7 +57,7 @@ func (b *backend) pathUsage() []*framework.Path {
 			Fields: map[string]*framework.FieldSchema{
 				"reports": {
 					Type:        framework.TypeSlice,
-					Description: `Batch of up to 1000 objects {"tenant", "key_id", "requests", "errors", "upstream_latency_ms_sum", "upstream_latency_ms_max", "last_used_at", "quota_period_start", "quota_used", "tenant_quota_period_start", "tenant_quota_used"} (last_used_at and the quota fields: unix seconds and counts, sent by edge verifiers).`,
+					Description: `Batch of up to 1000 objects {"tenant", "key_id", "requests", "errors", "upstream_latency_ms_sum", "upstream_latency_ms_max", "last_used_at", "verify_by_code", "quota_period_start", "quota_used", "tenant_quota_period_start", "tenant_quota_used"} (last_used_at, verify_by_code and the quota fields are sent by edge verifiers: unix seconds, the answers it gave about the key by code, and counts).`,
 					Required:    true,
 				},
 			},
@@ -88,6 +89,9 @@ type gatewayReport struct {
 	lastUsedSec uint64
 	// quota is what an edge served of the key's and its tenant's quotas.
 	quota quotaReport
+	// codes is the verify answers an edge gave about the key without
+	// Vault (verify_by_code), indexed like contract.VerifyCodes.
+	codes [numCodes]uint64
 }
 
 func (b *backend) pathUsageReport(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -133,7 +137,9 @@ func (b *backend) pathUsageReport(ctx context.Context, req *logical.Request, d *
 			rej = append(rej, rejected{Index: i, KeyID: r.keyID, Reason: "no such key of this tenant"})
 			continue
 		}
-		b.recordReport(r, hash)
+		if err := b.recordReport(ctx, req.Storage, r, hash); err != nil {
+			return nil, err
+		}
 		kq, tq, err := b.reportQuota(ctx, req.Storage, r.tenant, r.keyID, hash, r.quota, now)
 		if err != nil {
 			return nil, err
@@ -178,8 +184,11 @@ func (b *backend) keyOfTenant(ctx context.Context, s logical.Storage, tenant, id
 	return &h, nil
 }
 
-func (b *backend) recordReport(r gatewayReport, hash *[32]byte) {
+func (b *backend) recordReport(ctx context.Context, s logical.Storage, r gatewayReport, hash *[32]byte) error {
 	k := b.usage.key(r.tenant, r.keyID, "", hash)
+	if err := b.countReportedVerifies(ctx, s, k, &r.codes); err != nil {
+		return err
+	}
 	k.requests.Add(r.requests)
 	k.errors.Add(r.errs)
 	k.latencyMicro.Add(r.latencySumMicro)
@@ -202,6 +211,41 @@ func (b *backend) recordReport(r gatewayReport, hash *[32]byte) {
 	t.latencyMicro.Add(r.latencySumMicro)
 	storeMax(&t.hist.latencyMax, r.max)
 	t.dirty.Store(true)
+	return nil
+}
+
+// countReportedVerifies books the verify answers an edge gave about k as
+// recordVerify books Vault's: VALID on the key, its tenant and its role,
+// refusals on the key's history and the tenant's codes. Anomaly detection
+// does not see them (an edge's own metrics count its refusals). A key first
+// seen in a report has no role on this node yet: it is read from the key's
+// record once.
+func (b *backend) countReportedVerifies(ctx context.Context, s logical.Storage, k *keyUsage, codes *[numCodes]uint64) error {
+	if n := codes[0]; n > 0 {
+		rc := k.role.Load()
+		if rc == nil {
+			e, err := readKeyRecord(ctx, s, hex.EncodeToString(k.hash[:]))
+			if err != nil {
+				return err
+			}
+			if e != nil {
+				rc = k.tu.role(e.Role)
+				k.role.Store(rc)
+			}
+		}
+		if rc != nil {
+			rc.Add(n)
+		}
+		k.verifies.Add(n)
+		k.tu.codes[0].Add(n)
+	}
+	for i := 1; i < numCodes; i++ {
+		if n := codes[i]; n > 0 {
+			k.countRefusals(i, n)
+			k.tu.codes[i].Add(n)
+		}
+	}
+	return nil
 }
 
 // parseReport validates one entry; its error starts with the field name.
@@ -243,7 +287,39 @@ func parseReport(item interface{}) (gatewayReport, error) {
 	if r.quota, err = parseQuotaReport(m, r.requests); err != nil {
 		return r, err
 	}
+	if err := parseReportCodes(m, &r.codes); err != nil {
+		return r, err
+	}
 	return r, nil
+}
+
+// parseReportCodes reads an entry's optional verify_by_code: an object of
+// verify codes about a key (contract.AboutKey) to non-negative counts.
+func parseReportCodes(m map[string]interface{}, codes *[numCodes]uint64) error {
+	raw, ok := m["verify_by_code"]
+	if !ok || raw == nil {
+		return nil
+	}
+	byCode, ok := raw.(map[string]interface{})
+	if !ok {
+		return fmt.Errorf("verify_by_code: must be an object of verify codes to counts")
+	}
+	for code := range byCode {
+		if !contract.AboutKey(code) {
+			// Codes are short constants; a gateway's mistake here is not
+			// a secret, but only its length is echoed, as for key_id.
+			if len(code) > 32 {
+				return fmt.Errorf("verify_by_code: a %d-character name is not a verify code about a key", len(code))
+			}
+			return fmt.Errorf("verify_by_code: %q is not a verify code about a key (MALFORMED and NOT_FOUND name no key)", code)
+		}
+		n, err := nonNegative(byCode, code, 1)
+		if err != nil {
+			return fmt.Errorf("verify_by_code.%w", err)
+		}
+		codes[codeIndex(code)] = n
+	}
+	return nil
 }
 
 // nonNegative reads an optional number field, times scale, as an integer.
@@ -475,6 +551,11 @@ upstream answered. Send them in batches (up to 1000 entries):
   {"reports": [{"tenant": "acme", "key_id": "<uuid>", "requests": 120,
                 "errors": 3, "upstream_latency_ms_sum": 5400.5,
                 "upstream_latency_ms_max": 250}]}
+
+Edge verifiers also send last_used_at (unix seconds) and verify_by_code, the
+answers they gave about the key without Vault ({"VALID": 120, "DISABLED": 2};
+any code but MALFORMED and NOT_FOUND): they count in the key's and the
+tenant's verify figures and usage history like Vault's own answers.
 
 Entries for keys that do not exist or belong to another tenant are
 returned in rejected and not counted; a malformed entry fails the whole

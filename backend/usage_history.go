@@ -127,7 +127,11 @@ type refusalCounts struct {
 
 // countRefusal is recordVerify's count of a refusal about a found key: the
 // key's counters are found with the lookup the tenant's would have cost.
-func (k *keyUsage) countRefusal(code int) {
+func (k *keyUsage) countRefusal(code int) { k.countRefusals(code, 1) }
+
+// countRefusals counts n refusals of the key with code (an edge reports
+// them in usage/report).
+func (k *keyUsage) countRefusals(code int, n uint64) {
 	r := k.hist.refused.Load()
 	if r == nil {
 		r = new(refusalCounts)
@@ -135,7 +139,7 @@ func (k *keyUsage) countRefusal(code int) {
 			r = k.hist.refused.Load()
 		}
 	}
-	r.n[code].Add(1)
+	r.n[code].Add(n)
 	setDirty(&k.hist.dirty)
 }
 

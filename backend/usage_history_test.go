@@ -177,6 +177,39 @@ func TestUsageHistoryKeepsHourAndDayBucketsPerKeyAndTenant(t *testing.T) {
 	}
 }
 
+// TestUsageCountsTheVerifiesAnEdgeReports: the answers an edge gave
+// without Vault (usage/report's verify_by_code) count in the key's and the
+// tenant's verify figures and history like Vault's own, on a node that has
+// never seen the key verify (its role comes from the key's record).
+func TestUsageCountsTheVerifiesAnEdgeReports(t *testing.T) {
+	e := newHistoryEnv(t)
+	e.verify(t, 2, map[string]interface{}{"api_key": e.key})
+	e.flush(t)
+	n := e.stored(t)
+	t0 := n.clock.Now()
+	n.b.do(t, n.s, logical.UpdateOperation, "usage/report", map[string]interface{}{"reports": []interface{}{
+		map[string]interface{}{"tenant": "acme", "key_id": e.id, "requests": 5,
+			"verify_by_code": map[string]interface{}{contract.CodeValid: 5, contract.CodeDisabled: 2, contract.CodeInsufficientScope: 1}},
+	}})
+	n.flush(t)
+	for _, env := range []*historyEnv{n, n.stored(t)} {
+		hours, _ := env.buckets(t, "tenants/acme/keys/"+e.id+"/usage/history", nil)
+		wantBucket(t, "key", hours[hourOf(t0)], map[string]uint64{contract.CodeValid: 7, contract.CodeDisabled: 2, contract.CodeInsufficientScope: 1}, 5, 0, 0.0, 0.0)
+		tenant, _ := env.buckets(t, "tenants/acme/usage/history", nil)
+		wantBucket(t, "tenant", tenant[hourOf(t0)], map[string]uint64{contract.CodeValid: 7, contract.CodeDisabled: 2, contract.CodeInsufficientScope: 1}, 5, 0, 0.0, 0.0)
+		k := env.b.do(t, env.s, logical.ReadOperation, "tenants/acme/keys/"+e.id, nil).Data
+		if k["verify_count"] != uint64(7) {
+			t.Errorf("key verify_count %v, want 7 (2 by Vault, 5 by the edge)", k["verify_count"])
+		}
+		u := env.b.do(t, env.s, logical.ReadOperation, "tenants/acme/usage", nil).Data
+		byRole, _ := u["verify_by_role"].(map[string]uint64)
+		byCode, _ := u["verify_by_code"].(map[string]uint64)
+		if byRole["web"] != 7 || byCode[contract.CodeValid] != 7 || byCode[contract.CodeDisabled] != 2 {
+			t.Errorf("tenant usage: verify_by_role %v, verify_by_code %v", u["verify_by_role"], u["verify_by_code"])
+		}
+	}
+}
+
 // TestUsageHistoryCountsLandInTheBucketOfTheirFlush pins the hour
 // boundary: verifies at 10:59 flushed at 11:00 are 11:00's. Before the
 // flush, a read on the active node shows them in the current bucket, where

@@ -221,6 +221,10 @@ func TestGatewayReportsCountPerKeyAndRefuseForeignKeys(t *testing.T) {
 		{[]interface{}{map[string]interface{}{"tenant": "Bad", "key_id": id}}, "reports[0].tenant"},
 		{[]interface{}{map[string]interface{}{"tenant": "acme", "key_id": id, "requests": 1, "errors": 2}}, "reports[0].errors"},
 		{[]interface{}{map[string]interface{}{"tenant": "acme", "key_id": id, "upstream_latency_ms_sum": "fast"}}, "reports[0].upstream_latency_ms_sum"},
+		{[]interface{}{map[string]interface{}{"tenant": "acme", "key_id": id, "verify_by_code": "VALID"}}, "reports[0].verify_by_code: must be an object"},
+		{[]interface{}{map[string]interface{}{"tenant": "acme", "key_id": id, "verify_by_code": map[string]interface{}{"NOT_FOUND": 1}}}, `reports[0].verify_by_code: "NOT_FOUND" is not`},
+		{[]interface{}{map[string]interface{}{"tenant": "acme", "key_id": id, "verify_by_code": map[string]interface{}{"BOGUS": 1}}}, `reports[0].verify_by_code: "BOGUS" is not`},
+		{[]interface{}{map[string]interface{}{"tenant": "acme", "key_id": id, "verify_by_code": map[string]interface{}{"EXPIRED": -1}}}, "reports[0].verify_by_code.EXPIRED"},
 	} {
 		resp, err := request(b, s, logical.UpdateOperation, "usage/report", map[string]interface{}{"reports": tc.reports})
 		if err == nil || !strings.Contains(resp.Error().Error(), tc.want) {

@@ -38,8 +38,9 @@ func historySums(c *api.Client, path, granularity string) (map[string]int64, int
 }
 
 // TestUsageHistoryThroughVault: verifies through Vault and checks an edge
-// served (reported through usage/report) show in the key's and the
-// tenant's history once flushed. The test forces the flush by reloading
+// answered without Vault (reported through usage/report: the requests it
+// served and its answers by code) show in the key's and the tenant's
+// history once flushed. The test forces the flush by reloading
 // the mount's backend (vault plugin reload -mounts): Clean flushes, and the
 // new backend has counted nothing, so what it answers came from storage.
 func TestUsageHistoryThroughVault(t *testing.T) {
@@ -60,10 +61,15 @@ func TestUsageHistoryThroughVault(t *testing.T) {
 			t.Fatalf("edge check: %d %s", st, body)
 		}
 	}
+	for range 2 {
+		if st, _, body := f.check(k.key, "X-Required-Scopes", "admin"); st != http.StatusForbidden {
+			t.Fatalf("edge check without the scope: %d %s", st, body)
+		}
+	}
 	testvault.WaitFor(t, 15*time.Second, "the edge to report its checks", func() error {
 		u := read(t, e.c, e.path("tenants/acme/keys/"+k.id))
-		if fmt.Sprint(u.Data["requests"]) != "5" {
-			return fmt.Errorf("key requests %v", u.Data["requests"])
+		if fmt.Sprint(u.Data["requests"]) != "5" || fmt.Sprint(u.Data["verify_count"]) != "8" {
+			return fmt.Errorf("key requests %v, verify_count %v", u.Data["requests"], u.Data["verify_count"])
 		}
 		return nil
 	})
@@ -81,14 +87,15 @@ func TestUsageHistoryThroughVault(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if len(codes) != 2 || codes["VALID"] != 3 || codes["INSUFFICIENT_SCOPE"] != 1 || requests != 5 {
+			// Vault's 3 VALID and 1 INSUFFICIENT_SCOPE, the edge's 5 and 2.
+			if len(codes) != 2 || codes["VALID"] != 8 || codes["INSUFFICIENT_SCOPE"] != 3 || requests != 5 {
 				return fmt.Errorf("key: codes %v, requests %d", codes, requests)
 			}
 			codes, requests, err = historySums(e.c, tenantPath, g)
 			if err != nil {
 				return err
 			}
-			if len(codes) != 3 || codes["VALID"] != 3 || codes["INSUFFICIENT_SCOPE"] != 1 || codes["NOT_FOUND"] != 1 || requests != 5 {
+			if len(codes) != 3 || codes["VALID"] != 8 || codes["INSUFFICIENT_SCOPE"] != 3 || codes["NOT_FOUND"] != 1 || requests != 5 {
 				return fmt.Errorf("tenant: codes %v, requests %d", codes, requests)
 			}
 			return nil

@@ -28,6 +28,24 @@ var VerifyCodes = [...]string{
 	CodeInsufficientScope, CodeIPNotAllowed, CodeRateLimited, CodeQuotaExceeded,
 }
 
+// CodeIndex is code's position in VerifyCodes, -1 when it is none of them.
+func CodeIndex(code string) int {
+	for i, c := range VerifyCodes {
+		if c == code {
+			return i
+		}
+	}
+	return -1
+}
+
+// AboutKey reports whether an answer with code is about a found key of the
+// tenant asked for, so that usage books it on that key: every code of
+// VerifyCodes but MALFORMED and NOT_FOUND (which names no key, or another
+// tenant's). A usage report carries only these (UsageReport.VerifyByCode).
+func AboutKey(code string) bool {
+	return CodeIndex(code) >= 0 && code != CodeMalformed && code != CodeNotFound
+}
+
 // Codes only an edge answers, never Vault's verify: no key was presented,
 // the edge has not synced within its staleness bound, or a key the edge
 // does not hold could not be checked with Vault.

@@ -117,6 +117,11 @@ type UsageReport struct {
 	UpstreamLatencyMsSum float64 `json:"upstream_latency_ms_sum,omitempty"`
 	UpstreamLatencyMsMax float64 `json:"upstream_latency_ms_max,omitempty"`
 	LastUsedAt           int64   `json:"last_used_at,omitempty"` // unix seconds
+	// VerifyByCode is the verify answers an edge gave about the key
+	// without Vault, by code (AboutKey codes only; VALID equals Requests),
+	// so the key's and its tenant's verify counts and usage history count
+	// them as they count Vault's own.
+	VerifyByCode map[string]uint64 `json:"verify_by_code,omitempty"`
 	// QuotaUsed of the requests spent the key's own quota in the period
 	// starting at QuotaPeriodStart (unix seconds); TenantQuotaUsed spent
 	// its tenant's quota in the period starting at TenantQuotaPeriodStart.

@@ -206,6 +206,9 @@ func (e *Edge) verify(ctx context.Context, r *Request) (Answer, string, error) {
 		e.m.quotaExceeded.WithLabelValues(k.w.Tenant).Inc()
 	}
 	if v.Code != contract.CodeValid {
+		if contract.AboutKey(v.Code) {
+			k.countRefusal(v.Code, 1)
+		}
 		a := contract.Refusal(v.Code)
 		a.SetQuota(v.Quota)
 		return a, "local", nil

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -149,34 +148,15 @@ func TestEdgeQuotaAnswers429WithRetryAfter(t *testing.T) {
 func TestEdgeReportsQuotaUse(t *testing.T) {
 	at := time.Date(2026, 12, 3, 15, 4, 5, 0, time.UTC)
 	start := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC).Unix()
-	var mu sync.Mutex
 	var got []contract.UsageReport
-	fail := true
-	vault := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		if fail {
-			w.WriteHeader(http.StatusInternalServerError)
-			return
-		}
-		var body struct {
-			Reports []contract.UsageReport `json:"reports"`
-		}
-		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
-			t.Error(err)
-		}
-		got = append(got, body.Reports...)
-		w.Header().Set("Content-Type", "application/json")
-		// Vault counted them, and 4 more served elsewhere.
-		_ = json.NewEncoder(w).Encode(map[string]interface{}{"data": contract.UsageReportAnswer{Quotas: []*contract.QuotaStanding{
-			{Tenant: "acme", KeyID: "k1", PeriodStart: start, Used: 6},
-		}}})
-	}))
-	defer vault.Close()
 	e, h := offlineEdge(t)
-	if err := e.client.SetAddress(vault.URL); err != nil {
-		t.Fatal(err)
-	}
+	v := newUsageVault(t, e, func(batch []contract.UsageReport) contract.UsageReportAnswer {
+		got = append(got, batch...)
+		// Vault counted them, and 4 more served elsewhere.
+		return contract.UsageReportAnswer{Quotas: []*contract.QuotaStanding{
+			{Tenant: "acme", KeyID: "k1", PeriodStart: start, Used: 6},
+		}}
+	})
 	e.now = func() time.Time { return at }
 	e.markSynced()
 	k := addKey(t, e, h, contract.WireKey{KeyID: "k1", Tenant: "acme", Quota: &contract.QuotaRule{Limit: 10, Period: contract.PeriodDay}})
@@ -186,9 +166,7 @@ func TestEdgeReportsQuotaUse(t *testing.T) {
 	if a, _ := e.Verify(context.Background(), &Request{APIKey: k}); *a.QuotaRemaining != 7 {
 		t.Fatalf("after a failed report: %+v", a)
 	}
-	mu.Lock()
-	fail = false
-	mu.Unlock()
+	v.setFail(false)
 	e.reportUsage(context.Background())
 	if len(got) != 1 || got[0].Requests != 3 || got[0].QuotaUsed != 3 || got[0].QuotaPeriodStart != start {
 		t.Fatalf("report: %+v", got)

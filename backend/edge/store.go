@@ -28,9 +28,12 @@ type key struct {
 	facts   contract.Key
 	limiter *rate.Limiter
 
-	// used and lastUsed (unix seconds) feed usage/report (usage.go).
+	// used and lastUsed (unix seconds) feed usage/report (usage.go), and
+	// refused, the key's refusals by code (allocated on its first: most
+	// keys are never refused).
 	used     atomic.Uint64
 	lastUsed atomic.Int64
+	refused  atomic.Pointer[refusals]
 
 	// quota is the key's own quota (nil: none) and qs what this edge
 	// knows of it (quota.go); tenantSpent is what this key spent of its
@@ -46,6 +49,53 @@ func (k *key) markUsed(now time.Time) {
 	k.used.Add(1)
 	if s := now.Unix(); k.lastUsed.Load() != s {
 		k.lastUsed.Store(s)
+	}
+}
+
+// refusals counts a key's refusals, indexed like contract.VerifyCodes.
+type refusals [len(contract.VerifyCodes)]atomic.Uint64
+
+// countRefusal counts n answers other than VALID about the key (code is
+// contract.AboutKey), for usage/report.
+func (k *key) countRefusal(code string, n uint64) {
+	i := contract.CodeIndex(code)
+	if i < 0 {
+		return
+	}
+	r := k.refused.Load()
+	if r == nil {
+		r = new(refusals)
+		if !k.refused.CompareAndSwap(nil, r) {
+			r = k.refused.Load()
+		}
+	}
+	r[i].Add(n)
+}
+
+// takeRefusals moves the key's refusal counts into byCode.
+func (k *key) takeRefusals(byCode map[string]uint64) map[string]uint64 {
+	r := k.refused.Load()
+	if r == nil {
+		return byCode
+	}
+	for i := range r {
+		if n := r[i].Swap(0); n > 0 {
+			if byCode == nil {
+				byCode = map[string]uint64{}
+			}
+			byCode[contract.VerifyCodes[i]] += n
+		}
+	}
+	return byCode
+}
+
+// giveRefusals adds back the refusals of byCode that a report could not
+// deliver (VALID goes back as used).
+func (k *key) giveRefusals(byCode map[string]uint64) {
+	for code, n := range byCode {
+		if code != contract.CodeValid && n > 0 {
+			k.countRefusal(code, n)
+		}
 	}
 }
 
@@ -119,6 +169,7 @@ func (s *store) upsertLocked(k *key) {
 	if prev, ok := s.byHash[k.hash]; ok {
 		k.used.Add(prev.used.Swap(0))
 		k.lastUsed.Store(prev.lastUsed.Load())
+		k.giveRefusals(prev.takeRefusals(nil))
 		carryKeyQuota(k, prev)
 	}
 	// Keep the bucket across updates (a renew), so a renew does not refill it.

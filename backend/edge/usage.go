@@ -40,10 +40,15 @@ func (e *Edge) collectUsage() []contract.UsageReport {
 	var out []contract.UsageReport
 	for _, k := range s.byHash {
 		u := contract.UsageReport{Tenant: k.w.Tenant, KeyID: k.w.KeyID, Requests: k.used.Swap(0), LastUsedAt: k.lastUsed.Load()}
+		// Every request this edge served was a VALID answer of its own.
+		if u.Requests > 0 {
+			u.VerifyByCode = map[string]uint64{contract.CodeValid: u.Requests}
+		}
+		u.VerifyByCode = k.takeRefusals(u.VerifyByCode)
 		// Quota use not yet acknowledged goes again until it is: a
 		// report lost on the way must not be lost from the quota.
 		quotaReport(&u, k, s.tenantQuotas[k.w.Tenant], now)
-		if u.Requests > 0 || u.QuotaUsed > 0 || u.TenantQuotaUsed > 0 {
+		if u.Requests > 0 || len(u.VerifyByCode) > 0 || u.QuotaUsed > 0 || u.TenantQuotaUsed > 0 {
 			out = append(out, u)
 		}
 	}
@@ -59,6 +64,7 @@ func (e *Edge) giveBack(entries []contract.UsageReport) {
 	for _, u := range entries {
 		if h, ok := s.byID[u.KeyID]; ok {
 			s.byHash[h].used.Add(u.Requests)
+			s.byHash[h].giveRefusals(u.VerifyByCode)
 		}
 	}
 }
