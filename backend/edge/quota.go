@@ -80,11 +80,12 @@ func carryKeyQuota(k, prev *key) {
 	carry(&k.tenantSpent, &prev.tenantSpent)
 }
 
-// carryQuotas carries the counts of old into n, a snapshot about to
+// carryCounts carries the usage and quota counts of old into n, a snapshot about to
 // replace it. Caller holds old.mu.
-func carryQuotas(old, n *store) {
+func carryCounts(old, n *store) {
 	for h, k := range n.byHash {
 		if prev := old.byHash[h]; prev != nil {
+			k.carryUsage(prev)
 			carryKeyQuota(k, prev)
 		}
 	}

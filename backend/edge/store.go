@@ -99,6 +99,14 @@ func (k *key) giveRefusals(byCode map[string]uint64) {
 	}
 }
 
+// carryUsage moves what prev (the same key, before an update or a
+// snapshot reload) counted and has not reported yet to k.
+func (k *key) carryUsage(prev *key) {
+	k.used.Add(prev.used.Swap(0))
+	k.lastUsed.Store(prev.lastUsed.Load())
+	k.giveRefusals(prev.takeRefusals(nil))
+}
+
 func newKey(w *contract.WireKey) (*key, error) {
 	k := &key{w: w, facts: contract.Key{Tenant: w.Tenant, Disabled: w.Disabled}}
 	b, err := hex.DecodeString(w.EdgeHash)
@@ -153,10 +161,11 @@ func newStore() *store {
 }
 
 // replace swaps in a freshly loaded snapshot in one step, so verification
-// never sees half of one. What this edge counted of quotas carries over.
+// never sees half of one. What this edge counted and has not reported yet
+// (usage, quotas) carries over.
 func (s *store) replace(n *store) {
 	s.mu.Lock()
-	carryQuotas(s, n)
+	carryCounts(s, n)
 	s.hasher, s.byHash, s.byID, s.tenants, s.seq, s.loaded = n.hasher, n.byHash, n.byID, n.tenants, n.seq, true
 	s.tenantQuotas = n.tenantQuotas
 	s.mu.Unlock()
@@ -167,9 +176,7 @@ func (s *store) upsertLocked(k *key) {
 		delete(s.byHash, old)
 	}
 	if prev, ok := s.byHash[k.hash]; ok {
-		k.used.Add(prev.used.Swap(0))
-		k.lastUsed.Store(prev.lastUsed.Load())
-		k.giveRefusals(prev.takeRefusals(nil))
+		k.carryUsage(prev)
 		carryKeyQuota(k, prev)
 	}
 	// Keep the bucket across updates (a renew), so a renew does not refill it.

@@ -55,7 +55,7 @@ func (v *usageVault) setFail(fail bool) {
 // The answers the edge gave without Vault go to Vault by key and code with
 // the next report (VALID as many as the requests it served), NOT_FOUND
 // never (it names no key of the tenant asked for); a failed report keeps
-// them for the next one.
+// them for the next one, and a snapshot reload keeps them.
 func TestEdgeReportsItsAnswersByCode(t *testing.T) {
 	got := map[string]contract.UsageReport{}
 	e, h := offlineEdge(t)
@@ -84,6 +84,19 @@ func TestEdgeReportsItsAnswersByCode(t *testing.T) {
 			t.Fatalf("%+v: %v %v, want %s", c.r, a.Code, err, c.want)
 		}
 	}
+	// A snapshot loaded again (a resync) keeps what was not reported yet.
+	reload := newStore()
+	e.store.mu.RLock()
+	reload.hasher, reload.tenants = e.store.hasher, e.store.tenants
+	for _, k := range e.store.byHash {
+		n, err := newKey(k.w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reload.upsertLocked(n)
+	}
+	e.store.mu.RUnlock()
+	e.store.replace(reload)
 	want := map[string]contract.UsageReport{
 		"k1": {Tenant: "acme", KeyID: "k1", Requests: 2, LastUsedAt: e.now().Unix(),
 			VerifyByCode: map[string]uint64{contract.CodeValid: 2, contract.CodeInsufficientScope: 1}},
